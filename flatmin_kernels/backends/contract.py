@@ -74,6 +74,9 @@ The ops
         denom = sqrt(vmax or v) / sqrt(1 - beta2 ** step) + eps
         p = b - lr / (1 - beta1 ** step) * m / denom
 
+    The two bias corrections are computed in float64 and then rounded to fp32 (in fp32,
+    ``1 - 0.999 ** 1`` is off by 1e-5 relative, enough to leave torch.optim's trajectory).
+
     ``max_exp_avg_sqs`` is ``None`` unless amsgrad.
 
 ``centralize_(tensors, centralize)``

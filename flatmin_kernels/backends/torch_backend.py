@@ -231,16 +231,19 @@ def step_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
     v = torch._foreach_add(_times(_fp32(exp_avg_sqs), beta2),
                            _times(torch._foreach_mul(g, g), 1 - beta2))
     new_steps = torch._foreach_add(steps, 1)
-    bias1 = [1 - torch.pow(beta1, s) for s in new_steps]
-    bias2_sqrt = [torch.sqrt(1 - torch.pow(beta2, s)) for s in new_steps]
+    # Bias corrections in float64, as torch.optim computes them on the host: in fp32,
+    # 1 - 0.999 ** 1 is already off by 1e-5 relative.
+    bias1 = [(1 - torch.pow(beta1, s.double())).float() for s in new_steps]
+    bias2_sqrt = [torch.sqrt(1 - torch.pow(beta2, s.double())).float() for s in new_steps]
 
     second = v
     if amsgrad:
         second = torch._foreach_maximum(_fp32(max_exp_avg_sqs), v)
         _store(max_exp_avg_sqs, second, found_inf)
+    # The same order of operations as torch.optim.Adam, so trajectories agree to rounding.
     denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(second), bias2_sqrt), eps)
-    update = torch._foreach_div(torch._foreach_div(m, denom), bias1)
-    new_p = torch._foreach_sub(b, _times(update, lr))
+    step_size = [lr / bc for bc in bias1]
+    new_p = torch._foreach_sub(b, torch._foreach_mul(torch._foreach_div(m, denom), step_size))
 
     _store(exp_avgs, m, found_inf)
     _store(exp_avg_sqs, v, found_inf)
