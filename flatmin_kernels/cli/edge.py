@@ -1,0 +1,58 @@
+"""``python -m flatmin_kernels edge``: full-batch GD and SAM on the digits MLP against their edges of stability.
+
+Writes edge.json and edge.png to ``--out`` and prints λ_max against each run's edge.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def add_arguments(parser):
+    parser.add_argument("--lr", type=float, default=0.3, help="GD step size eta (default: 0.3, so 2/eta = 6.67)")
+    parser.add_argument("--rho", type=float, default=0.05, help="SAM radius (default: 0.05)")
+    parser.add_argument("--steps", type=int, default=1000, help="full-batch steps per run (default: 1000)")
+    parser.add_argument("--every", type=int, default=10, help="measure lambda_max every N steps (default: 10)")
+    parser.add_argument("--runs", default="gd,sam", help="comma-separated, from: gd, sam (default: both)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--backend", default="auto", help="flatmin backend (default: auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="flatmin_edge", help="folder for edge.json and edge.png")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+def run(args) -> int:
+    import torch
+
+    from flatmin_kernels.experiments.digits import load_digits_split
+    from flatmin_kernels.experiments.edge_run import format_summary, run_edge, write_png
+    from flatmin_kernels.experiments.report import write_json
+
+    kinds = tuple(k.strip().lower() for k in args.runs.split(",") if k.strip())
+    try:
+        bad = [k for k in kinds if k not in ("gd", "sam")]
+        if bad or not kinds:
+            raise ValueError(f"unknown run {bad[0] if bad else args.runs!r}; choose from gd, sam")
+        for name in ("lr", "rho"):
+            if not getattr(args, name) > 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(args, name)!r}")
+        if args.steps < 1 or args.every < 1:
+            raise ValueError("--steps and --every must be >= 1")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_digits_split(args.seed, device=args.device)
+    report = run_edge(data, lr=args.lr, rho=args.rho, steps=args.steps, every=args.every, seed=args.seed,
+                      backend=args.backend, kinds=kinds,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report["config"]["command"] = "python -m flatmin_kernels edge " + " ".join(sys.argv[2:])
+    os.makedirs(args.out, exist_ok=True)
+    json_path, png_path = os.path.join(args.out, "edge.json"), os.path.join(args.out, "edge.png")
+    write_json(json_path, report)
+    write_png(png_path, report)
+    print(format_summary(report))
+    print(f"\neta {args.lr:g}, rho {args.rho:g}, {args.steps} steps, {report['wall_seconds']:.0f} s; "
+          f"wrote {json_path} and {png_path}")
+    return 0
