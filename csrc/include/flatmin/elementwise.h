@@ -1,0 +1,116 @@
+// The per-element math of every op of the contract, written once for the CPU and CUDA builds.
+// Every function takes and returns fp32 values: loading from and rounding to the storage dtype
+// is the caller's job, done once per element. The formulas follow the torch reference backend
+// operation by operation, so results agree to the last rounding step.
+#pragma once
+
+#include <cmath>
+
+#include "macros.h"
+
+namespace flatmin {
+
+// A scalar argument: a number fixed at the call, or a 0-d fp32 tensor read where it lives
+// (so that a device-computed value never visits the host).
+struct Scalar {
+  float value;
+  const float* ptr;  // nullptr: use value
+  FLATMIN_HD float get() const { return ptr ? *ptr : value; }
+};
+
+// found_inf > 0 means "write nothing"; absent means never skip.
+FLATMIN_HD bool should_skip(const float* found_inf) { return found_inf && *found_inf > 0.0f; }
+
+// AMP unscale and maximize: g = grad / grad_scale, negated when maximizing.
+FLATMIN_HD float unscaled_grad(float grad, float grad_scale, bool maximize) {
+  const float g = grad / grad_scale;
+  return maximize ? -g : g;
+}
+
+// --------------------------------------------------------------------------- SGD
+
+struct SgdHyper {
+  float weight_decay, momentum, one_minus_dampening;
+  bool nesterov, maximize, init_buffers, has_momentum;
+};
+
+// The gradient before GC: unscaled, maximized, plus L2 weight decay on the base weights b.
+FLATMIN_HD float sgd_grad(float grad, float b, float grad_scale, const SgdHyper& h) {
+  float g = unscaled_grad(grad, grad_scale, h.maximize);
+  if (h.weight_decay != 0.0f) g = g + b * h.weight_decay;
+  return g;
+}
+
+// From the (centralized) gradient: new momentum buffer (in/out) and new weight.
+FLATMIN_HD float sgd_update(float g, float b, float& buf, float lr, const SgdHyper& h) {
+  float d = g;
+  if (h.has_momentum) {
+    buf = h.init_buffers ? g : buf * h.momentum + g * h.one_minus_dampening;
+    d = h.nesterov ? g + buf * h.momentum : buf;
+  }
+  return b - d * lr;
+}
+
+// --------------------------------------------------------------------------- Adam / AdamW
+
+struct AdamHyper {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay;
+  bool decoupled, amsgrad, maximize;
+};
+
+// Per-tensor bias corrections for the step about to be taken (step = old step + 1).
+struct AdamBias {
+  float bias1, bias2_sqrt;
+};
+
+FLATMIN_HD AdamBias adam_bias(float new_step, const AdamHyper& h) {
+  return {1.0f - powf(h.beta1, new_step), sqrtf(1.0f - powf(h.beta2, new_step))};
+}
+
+// The gradient before GC: unscaled, maximized, plus L2 decay for Adam (not AdamW).
+FLATMIN_HD float adam_grad(float grad, float b, float grad_scale, const AdamHyper& h) {
+  float g = unscaled_grad(grad, grad_scale, h.maximize);
+  if (!h.decoupled && h.weight_decay != 0.0f) g = g + b * h.weight_decay;
+  return g;
+}
+
+// From the (centralized) gradient: new moments (in/out) and new weight. vmax is only
+// touched when amsgrad.
+FLATMIN_HD float adam_update(float g, float b, float& m, float& v, float& vmax, float lr,
+                             AdamBias bias, const AdamHyper& h) {
+  if (h.decoupled && h.weight_decay != 0.0f) b = b * (1.0f - lr * h.weight_decay);
+  m = m + (g - m) * h.one_minus_beta1;
+  v = v * h.beta2 + (g * g) * h.one_minus_beta2;
+  float second = v;
+  if (h.amsgrad) {
+    second = vmax > v ? vmax : v;
+    vmax = second;
+  }
+  const float denom = sqrtf(second) / bias.bias2_sqrt + h.eps;
+  return b - ((m / denom) / bias.bias1) * lr;
+}
+
+// --------------------------------------------------------------------------- SAM / ASAM, NSO, GAM
+
+// perturb_: p = b + s * D with D the (centralized) direction, times b^2 for ASAM.
+FLATMIN_HD float perturbed(float b, float d_centered, float scale, bool adaptive) {
+  const float D = adaptive ? d_centered * (b * b) : d_centered;
+  return b + D * scale;
+}
+
+// sumsq: the square of the (centralized) value, weighted by |w| for ASAM.
+FLATMIN_HD float weighted_square(float x_centered, float w, bool weighted) {
+  const float t = weighted ? x_centered * fabsf(w) : x_centered;
+  return t * t;
+}
+
+// noise_: p = b + coef * N.
+FLATMIN_HD float noised(float b, float coef, float normal) { return b + coef * normal; }
+
+// axpby_: y = a*y + b*x; y is not read when a is the number 0 (it may hold garbage).
+FLATMIN_HD float axpby_value(float y, float x, float a, float b, bool a_is_zero) {
+  const float bx = x * b;
+  return a_is_zero ? bx : y * a + bx;
+}
+
+}  // namespace flatmin
