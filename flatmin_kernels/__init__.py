@@ -5,6 +5,7 @@ SAM/ASAM, GAM and NSO, with every per-layer step done by one fused op per bucket
 """
 from .backends import available_backends, backend_status
 from .optim import SGD, Adam, AdamW, centralize_gradient
+from .optim import GAM, NSO, SAM, disable_running_stats, enable_running_stats, running_stats_disabled
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,11 @@ __all__ = [
     "available_backends",
     "backend_status",
     "centralize_gradient",
+    "SAM",
+    "GAM",
+    "NSO",
+    "disable_running_stats",
+    "enable_running_stats",
+    "running_stats_disabled",
     "__version__",
 ]
