@@ -1,0 +1,54 @@
+"""The Triton backend: every op of the contract as fused multi-tensor kernels.
+
+Each op covers a whole bucket of tensors in a fixed number of launches (one for the
+element-wise ops, two for the two-stage reductions and for Adam, whose second launch advances
+the step counters), whatever the number of tensors: the work is a device-resident, cached
+table of (tensor, chunk) items (``tables.py``). Math is fp32 for fp32/bf16/fp16 storage,
+offsets are 64-bit, reductions are deterministic, nothing synchronises with the host, and no
+kernel is autotuned (they update in place). On CUDA the kernels are compiled; on CPU tensors
+they run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are
+tested without a GPU. See :mod:`flatmin_kernels.backends.contract` for every op's meaning.
+"""
+from __future__ import annotations
+
+import torch
+
+name = "triton"
+
+try:
+    import triton  # noqa: F401
+
+    _IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - depends on the installation
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+if _IMPORT_ERROR is None:
+    from .adam import step_adam_
+    from .axpby import axpby_
+    from .centralize import centralize_
+    from .common import INTERPRET
+    from .noise import noise_, philox
+    from .perturb import perturb_
+    from .reduce import dot, sumsq
+    from .sgd import step_sgd_
+else:  # pragma: no cover
+    INTERPRET = False
+
+
+def available() -> tuple[bool, str]:
+    if _IMPORT_ERROR is not None:
+        return False, f"cannot import triton: {_IMPORT_ERROR}"
+    if INTERPRET:
+        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1): CPU tensors"
+    if torch.cuda.is_available():
+        return True, f"triton {triton.__version__} on CUDA"
+    return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
+
+
+def supports(device) -> bool:
+    """CUDA tensors when compiling; CPU tensors only under the interpreter (which cannot
+    follow the kernels' offset tables into CUDA memory)."""
+    device = torch.device(device)
+    if INTERPRET:
+        return device.type == "cpu"
+    return device.type == "cuda" and torch.cuda.is_available()
