@@ -219,8 +219,9 @@ class WrapperOptimizer(torch.optim.Optimizer):
                                who=type(self).__name__)
         else:
             self._generic_step(backups, grads, grad_scale, found_inf, centralize_grads)
-        # torch's LR schedulers warn unless they see a step; the two-call API bypasses step().
-        self._opt_called = True
+        # torch's LR schedulers warn unless they saw a step of the optimizer they wrap; the fused
+        # path never calls base_optimizer.step(), and the two-call API bypasses step().
+        self._opt_called = self.base_optimizer._opt_called = True
 
     def _generic_step(self, backups, grads, grad_scale, found_inf, centralize_grads):
         from . import gc

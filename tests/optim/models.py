@@ -1,0 +1,174 @@
+"""The small model and the harness every wrapper's trajectory test uses.
+
+A 6-8-3 MLP with BatchNorm1d and a parameter that never gets a gradient, split into two
+parameter groups with different hyperparameters; SGD-momentum and AdamW bases, spelled out
+in full for the naive oracles; fixed batches; and a count of the tensors an optimizer holds.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+import flatmin_kernels
+from tests import oracles
+from tests.backends.op_cases import TOLERANCES
+
+STEPS = 20
+
+# The reference backend runs every case; a fused backend (cpp, triton under the interpreter:
+# slow on a CPU) runs the cases marked for it, which together use every op it implements.
+FUSED = [name for name in flatmin_kernels.available_backends() if name != "torch"]
+
+
+def backend_cases(full, fused_subset):
+    """pytest params: every case of ``full`` on torch, the cases in ``fused_subset`` on the others."""
+    return [("torch",) + case for case in full] + [
+        (backend,) + case for backend in FUSED for case in fused_subset
+    ]
+
+
+def rtol(backend):
+    """The reference backend matches the oracle to 1e-6 relative. A fused backend is held to the
+    tolerance its ops meet against the reference (tests/backends/op_cases.py): its scalar
+    rounding (e.g. 1 - beta2 formed in fp32) moves AdamW's steps by a few 1e-6."""
+    return 1e-6 if backend == "torch" else TOLERANCES[torch.float32][1]
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8, bias=False)  # BN follows: a bias would get only rounding noise
+        self.bn = nn.BatchNorm1d(8)
+        self.fc2 = nn.Linear(8, 3)
+        self.unused = nn.Parameter(torch.randn(5))  # in the optimizer, never in the graph
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.bn(self.fc1(x))))
+
+
+def make_net(seed=0) -> SmallNet:
+    torch.manual_seed(seed)
+    return SmallNet()
+
+
+def twin(model):
+    """An identical copy, for the oracle to train."""
+    return copy.deepcopy(model)
+
+
+# Base optimizers: (torch class, group-1 hyperparameters via kwargs, group-2 overrides, oracle defaults).
+BASES = {
+    "sgd": (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=5e-4),
+            dict(lr=0.1, weight_decay=0.0),
+            dict(dampening=0.0, nesterov=False, maximize=False)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2),
+              dict(lr=2e-2, weight_decay=0.0),
+              dict(betas=(0.9, 0.999), eps=1e-8, amsgrad=False, maximize=False)),
+}
+
+
+def _split(model):
+    first = [model.fc1.weight, model.fc2.weight, model.unused]
+    second = [model.bn.weight, model.bn.bias, model.fc2.bias]
+    return first, second
+
+
+def flatmin_groups(model, base):
+    """Two param groups: the first takes the base kwargs, the second overrides lr and decay."""
+    first, second = _split(model)
+    return [{"params": first}, {"params": second, **BASES[base][2]}]
+
+
+def base_kwargs(base):
+    return BASES[base][0], dict(BASES[base][1])
+
+
+def oracle_groups(model, base, centralize=None, **extra):
+    """The same two groups with every hyperparameter the oracles read spelled out."""
+    first, second = _split(model)
+    common = {**BASES[base][3], **BASES[base][1], "centralize": centralize, **extra}
+    return [{"params": first, **common}, {"params": second, **common, **BASES[base][2]}]
+
+
+def oracle_base(base, groups):
+    return oracles.OracleSGD(groups) if base == "sgd" else oracles.OracleAdam(groups, decoupled=True)
+
+
+def batches(n=STEPS, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(n)]
+
+
+def loss_of(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def closure_for(model, batch, zero_grad, counter=None):
+    """A torch-style closure: zero the gradients, forward, backward, return the loss."""
+
+    def closure():
+        if counter is not None:
+            counter.append(1)
+        zero_grad()
+        loss = loss_of(model, batch)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def oracle_closure(model, batch):
+    return closure_for(model, batch, lambda: model.zero_grad(set_to_none=True))
+
+
+def assert_same_model(actual, expected, rtol=1e-6, atol=None):
+    """Parameters and BN running statistics agree to ``rtol`` (fp32 rounding only; atol = rtol / 10
+    for values near zero)."""
+    atol = rtol / 10 if atol is None else atol
+    for (name, a), (_, e) in zip(actual.state_dict().items(), expected.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def extra_buffer_numel(optimizer, model) -> int:
+    """Elements of every tensor the optimizer holds that is neither a parameter, nor the base
+    optimizer's state, nor the model's: the wrapper's own buffers."""
+    skip = {id(p) for p in model.parameters()}
+    for st in optimizer.base_optimizer.state.values():
+        skip |= {id(t) for t in st.values() if torch.is_tensor(t)}
+    seen, total = set(), 0
+
+    def walk(obj):
+        nonlocal total
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if torch.is_tensor(obj):
+            if id(obj) not in skip:
+                total += obj.numel()
+        elif isinstance(obj, (nn.Module, torch.optim.Optimizer)) and obj is not optimizer:
+            return
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(k)
+                walk(v)
+        elif isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                walk(v)
+        elif obj is optimizer:
+            walk(vars(obj))
+
+    walk(optimizer)
+    return total
+
+
+def numel_with_grad(model):
+    return sum(p.numel() for name, p in model.named_parameters() if name != "unused")
+
+
+def numel_trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
