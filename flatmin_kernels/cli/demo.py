@@ -29,11 +29,8 @@ def _progress(line):
 
 
 def run(args) -> int:
-    import torch
-
-    from flatmin_kernels.experiments.demo import run_demo
     from flatmin_kernels.experiments.methods import resolve_methods
-    from flatmin_kernels.experiments.report import format_table, write_outputs
+    from flatmin_kernels.experiments.settings import single_process_settings
 
     try:
         resolve_methods(args.methods)
@@ -41,11 +38,19 @@ def run(args) -> int:
             raise ValueError(f"--lr must be positive, got {args.lr!r}")
         if args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    with single_process_settings(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
+    from flatmin_kernels.experiments.demo import run_demo
+    from flatmin_kernels.experiments.report import format_table, write_outputs
+
     report = run_demo(args.methods, epochs=args.epochs, lr=args.lr, seed=args.seed, device=args.device,
                       backend=args.backend, progress=_progress)
     report["config"]["command"] = "python -m flatmin_kernels demo " + " ".join(sys.argv[2:])

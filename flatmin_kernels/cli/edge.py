@@ -21,14 +21,14 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
 
+def _kinds(text):
+    return tuple(k.strip().lower() for k in text.split(",") if k.strip())
+
+
 def run(args) -> int:
-    import torch
+    from flatmin_kernels.experiments.settings import single_process_settings
 
-    from flatmin_kernels.experiments.digits import load_digits_split
-    from flatmin_kernels.experiments.edge_run import format_summary, run_edge, write_png
-    from flatmin_kernels.experiments.report import write_json
-
-    kinds = tuple(k.strip().lower() for k in args.runs.split(",") if k.strip())
+    kinds = _kinds(args.runs)
     try:
         bad = [k for k in kinds if k not in ("gd", "sam")]
         if bad or not kinds:
@@ -36,16 +36,23 @@ def run(args) -> int:
         for name in ("lr", "rho"):
             if not getattr(args, name) > 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(args, name)!r}")
-        if args.steps < 1 or args.every < 1:
-            raise ValueError("--steps and --every must be >= 1")
+        if args.steps < 1 or args.every < 1 or args.threads < 1:
+            raise ValueError("--steps, --every and --threads must be >= 1")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    with single_process_settings(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
+    from flatmin_kernels.experiments.digits import load_digits_split
+    from flatmin_kernels.experiments.edge_run import format_summary, run_edge, write_png
+    from flatmin_kernels.experiments.report import write_json
+
     data = load_digits_split(args.seed, device=args.device)
     report = run_edge(data, lr=args.lr, rho=args.rho, steps=args.steps, every=args.every, seed=args.seed,
-                      backend=args.backend, kinds=kinds,
+                      backend=args.backend, kinds=_kinds(args.runs),
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
     report["config"]["command"] = "python -m flatmin_kernels edge " + " ".join(sys.argv[2:])
     os.makedirs(args.out, exist_ok=True)

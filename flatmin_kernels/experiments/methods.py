@@ -13,42 +13,44 @@ from typing import Callable
 class Method:
     name: str
     description: str
-    build: Callable  # (model, lr, backend) -> optimizer driven by optimizer.step(closure)
+    build: Callable  # (model, lr, backend, seed) -> optimizer driven by optimizer.step(closure)
     sam_rho: float | None = None  # ρ of plain SAM, for the SAM edge in the picture
 
 
-def _adamw(model, lr, backend):
+def _adamw(model, lr, backend, seed):
     import flatmin_kernels as fk
 
     return fk.AdamW(model.parameters(), lr=lr, backend=backend)
 
 
-def _adamw_gc(model, lr, backend):
+def _adamw_gc(model, lr, backend, seed):
     import flatmin_kernels as fk
 
     return fk.AdamW(model.parameters(), lr=lr, centralize="gc", backend=backend)
 
 
-def _sam(model, lr, backend, rho=0.05, adaptive=False):
+def _sam(model, lr, backend, seed, rho=0.05, adaptive=False):
     import flatmin_kernels as fk
 
     return fk.SAM(model.parameters(), fk.AdamW, rho=rho, adaptive=adaptive, model=model, backend=backend, lr=lr)
 
 
-def _asam(model, lr, backend):
-    return _sam(model, lr, backend, rho=0.5, adaptive=True)
+def _asam(model, lr, backend, seed):
+    return _sam(model, lr, backend, seed, rho=0.5, adaptive=True)
 
 
-def _gam(model, lr, backend):
+def _gam(model, lr, backend, seed):
     import flatmin_kernels as fk
 
     return fk.GAM(model.parameters(), fk.AdamW, grad_rho=0.02, grad_norm_rho=0.2, model=model, backend=backend, lr=lr)
 
 
-def _nso(model, lr, backend):
+def _nso(model, lr, backend, seed):
     import flatmin_kernels as fk
 
-    return fk.NSO(model.parameters(), fk.AdamW, sigma=0.01, num_perturbs=1, model=model, backend=backend, lr=lr)
+    # The noise seed is the run's seed, so the same command draws the same noise.
+    return fk.NSO(model.parameters(), fk.AdamW, sigma=0.01, num_perturbs=1, seed=seed, model=model,
+                  backend=backend, lr=lr)
 
 
 METHODS = {

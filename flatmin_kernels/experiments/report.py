@@ -69,7 +69,7 @@ def write_png(path, report: dict) -> None:
                  title="sharpness against the edges (GD/SAM formulas; the base here is AdamW)")
     ax_sharp.title.set_fontsize(9)
     ax_loss.legend(fontsize=8)
-    ax_sharp.legend(fontsize=7)
+    ax_sharp.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -44,7 +44,7 @@ def train_method(method, data, *, epochs, batch_size=64, lr=1e-3, seed=0, backen
                  device="cpu", sharpness_size=512, sharpness_every=1, progress=None) -> dict:
     """Train ``method`` for ``epochs`` and return its results (JSON-ready)."""
     model = make_mlp(seed, device=device)
-    optimizer = method.build(model, lr, backend)
+    optimizer = method.build(model, lr, backend, seed)
     xs, ys = sharpness_batch(data, sharpness_size, seed)
     params = [(n, p) for n, p in model.named_parameters()]
 
