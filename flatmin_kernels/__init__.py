@@ -6,6 +6,7 @@ SAM/ASAM, GAM and NSO, with every per-layer step done by one fused op per bucket
 from .backends import available_backends, backend_status
 from .optim import SGD, Adam, AdamW, centralize_gradient
 from .optim import GAM, NSO, SAM, disable_running_stats, enable_running_stats, running_stats_disabled
+from . import diagnostics
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,6 @@ __all__ = [
     "disable_running_stats",
     "enable_running_stats",
     "running_stats_disabled",
+    "diagnostics",
     "__version__",
 ]
