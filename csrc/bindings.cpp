@@ -290,8 +290,8 @@ void step_adam(const TensorList& params, const TensorList& grads, const TensorLi
   }
   bb.centralize(centralize, params);
   c10::DeviceGuard guard(bb.device());
-  const AdamHyper h{static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(1.0 - beta1),
-                    static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
+  const AdamHyper h{beta1, beta2, static_cast<float>(1.0 - beta1), static_cast<float>(1.0 - beta2),
+                    static_cast<float>(beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
                     decoupled, amsgrad, maximize};
   const AdamArgs args{h, bb.scalar(lr, "lr"), bb.optional_scalar(grad_scale, "grad_scale"),
                       bb.optional_scalar(found_inf, "found_inf")};

@@ -54,17 +54,21 @@ FLATMIN_HD float sgd_update(float g, float b, float& buf, float lr, const SgdHyp
 // --------------------------------------------------------------------------- Adam / AdamW
 
 struct AdamHyper {
-  float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay;
+  double beta1, beta2;  // double: only for the bias corrections, see adam_bias
+  float one_minus_beta1, one_minus_beta2, beta2_f, eps, weight_decay;
   bool decoupled, amsgrad, maximize;
 };
 
-// Per-tensor bias corrections for the step about to be taken (step = old step + 1).
+// Per-tensor bias corrections for the step about to be taken (step = old step + 1), once per
+// tensor (or work item). In double, like torch.optim: 1 - beta2**t cancels catastrophically in
+// fp32 (1 - 0.999f is off by 1.3e-5), which would shift every Adam update by ~6e-6.
 struct AdamBias {
   float bias1, bias2_sqrt;
 };
 
 FLATMIN_HD AdamBias adam_bias(float new_step, const AdamHyper& h) {
-  return {1.0f - powf(h.beta1, new_step), sqrtf(1.0f - powf(h.beta2, new_step))};
+  return {static_cast<float>(1.0 - pow(h.beta1, static_cast<double>(new_step))),
+          static_cast<float>(sqrt(1.0 - pow(h.beta2, static_cast<double>(new_step))))};
 }
 
 // The gradient before GC: unscaled, maximized, plus L2 decay for Adam (not AdamW).
@@ -80,7 +84,7 @@ FLATMIN_HD float adam_update(float g, float b, float& m, float& v, float& vmax, 
                              AdamBias bias, const AdamHyper& h) {
   if (h.decoupled && h.weight_decay != 0.0f) b = b * (1.0f - lr * h.weight_decay);
   m = m + (g - m) * h.one_minus_beta1;
-  v = v * h.beta2 + (g * g) * h.one_minus_beta2;
+  v = v * h.beta2_f + (g * g) * h.one_minus_beta2;
   float second = v;
   if (h.amsgrad) {
     second = vmax > v ? vmax : v;
