@@ -20,8 +20,8 @@ General rules
   means "apply gradient centralization to this tensor", i.e. replace x by x minus the mean of
   x over all dimensions but dim 0 (per output row: rows = shape[0], row length = numel/shape[0]).
   The optimizer decides the flags (``gc``: ndim > 1, ``gcc``: ndim > 3).
-* ``found_inf`` is ``None`` or a 0-d fp32 device tensor; when it is > 0 the op writes nothing
-  at all (params, buffers and steps keep their bits).
+* ``found_inf`` is ``None`` or a 0-d fp32 device tensor; when it is > 0 params, buffers and
+  steps keep their bits (``perturb_`` still fills ``save_to`` with a copy of the unchanged params).
 * ``grad_scale`` is ``None`` or a 0-d fp32 device tensor; gradients are divided by it before
   use (AMP unscale). Gradients are never modified by a step op.
 
