@@ -57,6 +57,7 @@ def _run(args) -> int:
     json_path, png_path = write_outputs(args.out, report)
     print(format_table(report["methods"]))
     print(f"\n{report['config']['epochs']} epochs, seed {args.seed}, device {args.device}, "
+          f"backend {report['config']['backend_used']}, "
           f"{report['config']['threads']} thread(s), {report['wall_seconds']:.0f} s; "
           f"wrote {json_path} and {png_path}")
     return 0

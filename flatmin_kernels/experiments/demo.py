@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .. import backends
 from .digits import load_digits_split
 from .methods import resolve_methods
 from .report import DEFINITIONS
@@ -31,7 +32,8 @@ def run_demo(methods=DEFAULT_METHODS, *, epochs=20, batch_size=64, lr=1e-3, seed
     return {
         "config": {
             "methods": [m.name for m in chosen], "epochs": int(epochs), "batch_size": batch_size, "lr": lr,
-            "seed": seed, "device": str(device), "backend": backend, "sharpness_batch": sharpness_size,
+            "seed": seed, "device": str(device), "backend": backend,
+            "backend_used": backends.resolve(backend, torch.device(device)).name, "sharpness_batch": sharpness_size,
             "train_size": len(data.y_train), "test_size": len(data.y_test), "model": "MLP 64-128-128-10, ReLU",
             "loss": "cross-entropy", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
