@@ -16,6 +16,7 @@ from tests import oracles
 from tests.backends.op_cases import TOLERANCES
 
 STEPS = 20
+FUSED_STEPS = 5  # a fused backend's trajectories: its ops are proven op by op in tests/backends
 
 # The reference backend runs every case; a fused backend (cpp, triton under the interpreter:
 # slow on a CPU) runs the cases marked for it, which together use every op it implements.
@@ -27,6 +28,10 @@ def backend_cases(full, fused_subset):
     return [("torch",) + case for case in full] + [
         (backend,) + case for backend in FUSED for case in fused_subset
     ]
+
+
+def steps(backend):
+    return STEPS if backend == "torch" else FUSED_STEPS
 
 
 def rtol(backend):
