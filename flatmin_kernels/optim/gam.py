@@ -59,9 +59,6 @@ class GAM(WrapperOptimizer):
         super().__init__(params, base_optimizer, {}, model=model, backend=backend,
                          base_kwargs=base_kwargs)
 
-    def extra_state(self):
-        return {"form": self.form}
-
     def _scale(self, rho, norm_sq):
         return rho / (norm_sq.sqrt() + self.eps)
 

@@ -107,7 +107,7 @@ class SAM(WrapperOptimizer):
                 if p.grad is not None and p not in backups:
                     backups[p] = p
         self.base_step(backups=backups, found_inf=self._found_inf, centralize_grads=True)
-        # On the generic path the weights were restored by copy; unmoved ones need nothing.
+        # The update restored every parameter that has a gradient now; the rest go back here.
         self._restore_without_grad()
         self._perturbed = False
         self._backups = {}

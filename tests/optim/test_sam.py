@@ -270,3 +270,19 @@ def test_non_finite_gradient_skips_perturbation_and_step(backend, base_cls):
     opt.first_step()
     opt.second_step()
     assert (w < 1).all() and torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("base_cls", [torch.optim.SGD, PlainSGD])
+def test_parameter_without_second_gradient_is_restored(base_cls):
+    """Conditional computation (e.g. an expert not routed in pass 2): perturbed in pass 1, no
+    gradient in pass 2 -> back to w and not updated; one with a gradient only in pass 2 is updated."""
+    a, b, c = (torch.nn.Parameter(torch.full((3,), v)) for v in (1.0, 2.0, 3.0))
+    opt = fk.SAM([a, b, c], base_cls, lr=0.1, rho=0.5)
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.first_step(zero_grad=True)
+    assert not torch.equal(b, torch.full((3,), 2.0))
+    a.grad, c.grad = torch.ones(3), torch.ones(3)
+    opt.second_step()
+    torch.testing.assert_close(a, torch.full((3,), 0.9))
+    assert torch.equal(b, torch.full((3,), 2.0))
+    torch.testing.assert_close(c, torch.full((3,), 2.9))
