@@ -13,7 +13,6 @@ from torch import nn
 
 import flatmin_kernels
 from tests import oracles
-from tests.backends.op_cases import TOLERANCES
 
 STEPS = 20
 FUSED_STEPS = 5  # a fused backend's trajectories: its ops are proven op by op in tests/backends
@@ -34,11 +33,7 @@ def steps(backend):
     return STEPS if backend == "torch" else FUSED_STEPS
 
 
-def rtol(backend):
-    """The reference backend matches the oracle to 1e-6 relative. A fused backend is held to the
-    tolerance its ops meet against the reference (tests/backends/op_cases.py): its scalar
-    rounding (e.g. 1 - beta2 formed in fp32) moves AdamW's steps by a few 1e-6."""
-    return 1e-6 if backend == "torch" else TOLERANCES[torch.float32][1]
+RTOL = 1e-6  # every backend matches the oracles to 1e-6 relative in fp32
 
 
 class SmallNet(nn.Module):
