@@ -290,9 +290,10 @@ void step_adam(const TensorList& params, const TensorList& grads, const TensorLi
   }
   bb.centralize(centralize, params);
   c10::DeviceGuard guard(bb.device());
+  const float wd = static_cast<float>(weight_decay);
   const AdamHyper h{beta1, beta2, static_cast<float>(1.0 - beta1), static_cast<float>(1.0 - beta2),
-                    static_cast<float>(beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
-                    decoupled, amsgrad, maximize};
+                    static_cast<float>(beta2), static_cast<float>(eps), maximize ? -1.0f : 1.0f,
+                    decoupled ? 0.0f : wd, decoupled ? wd : 0.0f, amsgrad};
   const AdamArgs args{h, bb.scalar(lr, "lr"), bb.optional_scalar(grad_scale, "grad_scale"),
                       bb.optional_scalar(found_inf, "found_inf")};
   const Bucket bucket = bb.finish();

@@ -185,7 +185,12 @@ __global__ void adam_kernel(Bucket bk, AdamArgs args) {
     load<V>(bk, r, base, k, b);
     load<V>(bk, r, kAdamM, k, m);
     load<V>(bk, r, kAdamV, k, v);
-    if (h.amsgrad) load<V>(bk, r, kAdamVmax, k, vmax);
+    if (h.amsgrad) {
+      load<V>(bk, r, kAdamVmax, k, vmax);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) vmax[i] = 0.0f;  // adam_update's convention without amsgrad
+    }
 #pragma unroll
     for (int i = 0; i < V; ++i)
       b[i] = adam_update(adam_grad(g[i], b[i], grad_scale, h) - mean, b[i], m[i], v[i], vmax[i], lr, bias, h);

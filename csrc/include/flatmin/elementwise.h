@@ -42,21 +42,24 @@ FLATMIN_HD float sgd_grad(float grad, float b, float grad_scale, const SgdHyper&
 }
 
 // From the (centralized) gradient: new momentum buffer (in/out) and new weight.
+// Flags select values rather than guard stores, so a CPU loop over elements has no branch and
+// vectorises; buf is written either way (callers store it back only when momentum is on).
 FLATMIN_HD float sgd_update(float g, float b, float& buf, float lr, const SgdHyper& h) {
-  float d = g;
-  if (h.has_momentum) {
-    buf = h.init_buffers ? g : buf * h.momentum + g * h.one_minus_dampening;
-    d = h.nesterov ? g + buf * h.momentum : buf;
-  }
+  const float new_buf = h.init_buffers ? g : buf * h.momentum + g * h.one_minus_dampening;
+  const float d = h.has_momentum ? (h.nesterov ? g + new_buf * h.momentum : new_buf) : g;
+  buf = new_buf;
   return b - d * lr;
 }
 
 // --------------------------------------------------------------------------- Adam / AdamW
 
+// The flags enter the math as factors rather than branches, so the CPU loop vectorises:
+// sign = -1 when maximizing (an exact negation), l2 = weight_decay for Adam and 0 for AdamW,
+// decoupled = weight_decay for AdamW and 0 for Adam (b * (1 - lr * 0) is b exactly).
 struct AdamHyper {
   double beta1, beta2;  // double: only for the bias corrections, see adam_bias
-  float one_minus_beta1, one_minus_beta2, beta2_f, eps, weight_decay;
-  bool decoupled, amsgrad, maximize;
+  float one_minus_beta1, one_minus_beta2, beta2_f, eps, sign, l2, decoupled;
+  bool amsgrad;  // for the callers: whether vmax is loaded and stored
 };
 
 // Per-tensor bias corrections for the step about to be taken (step = old step + 1), once per
@@ -71,26 +74,21 @@ FLATMIN_HD AdamBias adam_bias(float new_step, const AdamHyper& h) {
           static_cast<float>(sqrt(1.0 - pow(h.beta2, static_cast<double>(new_step))))};
 }
 
-// The gradient before GC: unscaled, maximized, plus L2 decay for Adam (not AdamW).
+// The gradient before GC: unscaled, maximized, plus L2 decay for Adam (adds b * 0 for AdamW,
+// which only differs from not adding when the weight itself is already inf or nan).
 FLATMIN_HD float adam_grad(float grad, float b, float grad_scale, const AdamHyper& h) {
-  float g = unscaled_grad(grad, grad_scale, h.maximize);
-  if (!h.decoupled && h.weight_decay != 0.0f) g = g + b * h.weight_decay;
-  return g;
+  return (grad / grad_scale) * h.sign + b * h.l2;
 }
 
-// From the (centralized) gradient: new moments (in/out) and new weight. vmax is only
-// touched when amsgrad.
+// From the (centralized) gradient: new moments (in/out) and new weight. vmax must be 0 when
+// amsgrad is off: then max(vmax, v) is v, as v >= 0 (and a nan v still propagates).
 FLATMIN_HD float adam_update(float g, float b, float& m, float& v, float& vmax, float lr,
                              AdamBias bias, const AdamHyper& h) {
-  if (h.decoupled && h.weight_decay != 0.0f) b = b * (1.0f - lr * h.weight_decay);
+  b = b * (1.0f - lr * h.decoupled);
   m = m + (g - m) * h.one_minus_beta1;
   v = v * h.beta2_f + (g * g) * h.one_minus_beta2;
-  float second = v;
-  if (h.amsgrad) {
-    second = vmax > v ? vmax : v;
-    vmax = second;
-  }
-  const float denom = sqrtf(second) / bias.bias2_sqrt + h.eps;
+  vmax = vmax > v ? vmax : v;
+  const float denom = sqrtf(vmax) / bias.bias2_sqrt + h.eps;
   return b - ((m / denom) / bias.bias1) * lr;
 }
 
