@@ -87,6 +87,31 @@ __device__ __forceinline__ void store(const Bucket& bk, const TensorRecord& r, i
   }
 }
 
+// Copies elements [k, k + V) of list `from` to list `to` bit for bit (same dtype): the exact
+// backup, nan payloads included, with no round trip through fp32.
+template <int V>
+__device__ __forceinline__ void copy_bits(const Bucket& bk, const TensorRecord& r, int from, int to, int64_t k) {
+  if (bk.dtype[from] == DType::kFloat32) {
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(r.ptr[from]) + k;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(r.ptr[to]) + k;
+    if (V == 4) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) dst[i] = src[i];
+    }
+  } else {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(r.ptr[from]) + k;
+    uint16_t* dst = reinterpret_cast<uint16_t*>(r.ptr[to]) + k;
+    if (V == 4) {
+      *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) dst[i] = src[i];
+    }
+  }
+}
+
 __device__ __forceinline__ bool has_list(const TensorRecord& r, int l) { return r.ptr[l] != 0; }
 
 // Whether every list of tensor r starts on a 4-element boundary (items start at multiples of

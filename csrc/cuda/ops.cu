@@ -89,11 +89,8 @@ __global__ void perturb_kernel(Bucket bk, PerturbArgs args) {
   };
   auto apply = [&](auto vec, int64_t k, float mean) {
     constexpr int V = decltype(vec)::value;
-    float p[V], b[V], d[V];
-    if (save) {  // the exact value SAM restores from: same dtype, so the round trip is exact
-      load<V>(bk, r, kPerturbP, k, p);
-      store<V>(bk, r, kPerturbSave, k, p);
-    }
+    float b[V], d[V];
+    if (save) copy_bits<V>(bk, r, kPerturbP, kPerturbSave, k);  // the exact weights SAM restores
     if (skip) return 0.0f;
     load<V>(bk, r, base, k, b);
     load<V>(bk, r, kPerturbD, k, d);
