@@ -28,6 +28,15 @@ constexpr bool kBuiltWithCuda = true;
 constexpr bool kBuiltWithCuda = false;
 #endif
 
+// Whether t's elements sit in the same memory order as a tensor of its shape with these strides
+// (a dimension of size 1 may have any stride).
+bool same_layout(const at::Tensor& t, const std::vector<int64_t>& strides) {
+  if (t.dim() != static_cast<int64_t>(strides.size())) return false;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1 && t.stride(d) != strides[d]) return false;
+  return true;
+}
+
 DType dtype_of(const at::Tensor& t, const char* list, size_t i) {
   switch (t.scalar_type()) {
     case at::kFloat: return DType::kFloat32;
@@ -74,7 +83,13 @@ class BucketBuilder {
                   ", expected ", device_);
       TORCH_CHECK(t.numel() == records_[i].numel, "cpp backend: tensor ", i, " of ", name, " has ",
                   t.numel(), " elements, expected ", records_[i].numel);
-      TORCH_CHECK(t.is_contiguous(), "cpp backend: tensor ", i, " of ", name, " is not contiguous");
+      // Ops run in memory order, so any dense layout works (channels_last weights too) as long
+      // as every list lays tensor i out the same way.
+      TORCH_CHECK(t.is_non_overlapping_and_dense(), "cpp backend: tensor ", i, " of ", name,
+                  " is not dense (a view with gaps or overlaps)");
+      if (l == 0) strides_.push_back(t.strides().vec());
+      TORCH_CHECK(same_layout(t, strides_[i]), "cpp backend: tensor ", i, " of ", name, " has strides ",
+                  t.strides(), ", the first list has ", c10::IntArrayRef(strides_[i]));
       const DType dtype = dtype_of(t, name, i);
       TORCH_CHECK(i == 0 || dtype == dtypes_[l], "cpp backend: ", name, " mixes dtypes (tensor ", i,
                   " is ", t.scalar_type(), ")");
@@ -93,7 +108,14 @@ class BucketBuilder {
     TORCH_CHECK(flags->size() == records_.size(), "cpp backend: centralize has ", flags->size(),
                 " flags for ", records_.size(), " tensors");
     for (size_t i = 0; i < records_.size(); ++i) {
-      if ((*flags)[i] && records_[i].numel > 0) records_[i].row_len = records_[i].numel / shapes[i].size(0);
+      if (!(*flags)[i] || records_[i].numel == 0) continue;
+      const at::Tensor& t = shapes[i];
+      const int64_t row_len = records_[i].numel / t.size(0);
+      // A GC row is a run of memory: dim 0 must be the outermost dimension.
+      TORCH_CHECK(t.size(0) == 1 || t.stride(0) == row_len, "cpp backend: tensor ", i,
+                  " cannot be centralized in memory order: dim 0 is not its outermost dimension (strides ",
+                  t.strides(), ")");
+      records_[i].row_len = row_len;
     }
   }
 
@@ -145,6 +167,7 @@ class BucketBuilder {
   at::Device device_;
   std::vector<TensorRecord> records_;
   std::vector<WorkItem> items_;
+  std::vector<std::vector<int64_t>> strides_;  // of the first list's tensors
   DType dtypes_[kMaxLists] = {};
   std::vector<at::Tensor> keep_;
 };

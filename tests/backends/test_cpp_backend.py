@@ -77,6 +77,27 @@ def test_multi_item_updates(dtype):
     assert_lists_close(got_n, want_n)
 
 
+def test_channels_last_weights():
+    """Dense non-contiguous layouts run in memory order; dim 0 stays outermost, so GC works."""
+    def cl(seed):
+        return [torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(seed))
+                .to(memory_format=torch.channels_last)]
+    params, grads, bufs = cl(0), cl(1), cl(2)
+    assert not params[0].is_contiguous()
+    # a size-1 dimension may carry any stride: (5, 1) with strides (1, 1) and (1, 5) is one layout
+    x, y = torch.randn(5, 1), torch.randn(1, 5).t()
+    assert x.stride() != y.stride()
+    torch.testing.assert_close(cpp.dot([x], [y]), ref.dot([x], [y]))
+    kw = dict(lr=0.1, weight_decay=1e-2, momentum=0.9, dampening=0.0, nesterov=True, maximize=False,
+              centralize=[True])
+    got, want = [clone_list(params), clone_list(bufs)], [clone_list(params), clone_list(bufs)]
+    cpp.step_sgd_(got[0], grads, got[1], **kw)
+    ref.step_sgd_(want[0], grads, want[1], **kw)
+    assert_lists_close(got[0], want[0])
+    assert_lists_close(got[1], want[1])
+    torch.testing.assert_close(cpp.sumsq(grads, centralize=[True]), ref.sumsq(grads, centralize=[True]))
+
+
 def test_reductions_do_not_depend_on_thread_count():
     xs = _big()
     threads = torch.get_num_threads()
@@ -92,8 +113,12 @@ def test_reductions_do_not_depend_on_thread_count():
 
 def test_refuses_what_it_cannot_handle():
     good = [torch.randn(4, 3)]
-    with pytest.raises(RuntimeError, match="tensor 0 of tensors is not contiguous"):
-        cpp.sumsq([torch.randn(3, 4).t()])
+    with pytest.raises(RuntimeError, match="tensor 0 of tensors is not dense"):
+        cpp.sumsq([torch.randn(3, 8)[:, ::2]])
+    with pytest.raises(RuntimeError, match=r"tensor 0 of ys has strides \[1, 4\], the first list has \[3, 1\]"):
+        cpp.dot(good, [torch.randn(3, 4).t()])
+    with pytest.raises(RuntimeError, match="tensor 0 cannot be centralized in memory order"):
+        cpp.centralize_([torch.randn(3, 4).t()], [True])
     with pytest.raises(RuntimeError, match="only float32, bfloat16 and float16 are supported"):
         cpp.sumsq([torch.randn(4, dtype=torch.float64)])
     with pytest.raises(RuntimeError, match="tensors mixes dtypes"):
