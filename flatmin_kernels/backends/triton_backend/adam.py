@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import BLOCK, NUM_WARPS, item_header, load_scalar, scalar_arg, store_end, tile
+from .common import BLOCK, NUM_WARPS, load_direction, item_header, load_scalar, scalar_arg, store_end, tile
 from .tables import layout
 
 
@@ -29,20 +29,6 @@ def _pow_f64(base, n):
         base = base * base
         n = n >> 1
     return result
-
-
-@triton.jit
-def _adam_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
-                    HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, L2: tl.constexpr):
-    """The gradient before GC: g / grad_scale, negated when maximizing, plus L2 decay (Adam)."""
-    g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    if HAS_GRAD_SCALE:
-        g = tl.div_rn(g, tl.load(grad_scale).to(tl.float32))
-    if MAXIMIZE:
-        g = -g
-    if L2:
-        g = g + tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * weight_decay
-    return g
 
 
 @triton.jit
@@ -81,13 +67,13 @@ def _adam_kernel(items, n_items, p0, p_off, g0, g_off, m0, m_off, v0, v_off, vma
                 acc = tl.zeros([RB, CB], tl.float32)
                 for c in range(0, row, CB):
                     idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += _adam_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+                    acc += load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
                                            HAS_GRAD_SCALE, MAXIMIZE, L2)
                 mean = tl.sum(acc, axis=1) / row.to(tl.float32)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             smask = mask & (idx < write_end)
-            g = _adam_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+            g = load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
                                 HAS_GRAD_SCALE, MAXIMIZE, L2) - mean[:, None]
             m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             m = m + (g - m) * one_minus_beta1

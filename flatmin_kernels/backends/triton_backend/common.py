@@ -101,3 +101,18 @@ else:
     @triton.jit
     def precise_cos(x):
         return libdevice.cos(x)
+
+
+@triton.jit
+def load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+                   HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
+    """The gradient of the base update before GC (SGD, and Adam without decoupled decay):
+    g / grad_scale, negated when maximizing, plus L2 decay read from the backup or p."""
+    g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GRAD_SCALE:
+        g = tl.div_rn(g, tl.load(grad_scale).to(tl.float32))
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = g + tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * weight_decay
+    return g

@@ -5,22 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, store_end, load_scalar, scalar_arg, tile
+from .common import NUM_WARPS, load_direction, item_header, store_end, load_scalar, scalar_arg, tile
 from .tables import layout
-
-
-@triton.jit
-def _sgd_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
-                   HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
-    """The gradient before GC: g / grad_scale, negated when maximizing, plus L2 decay."""
-    g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-    if HAS_GRAD_SCALE:
-        g = tl.div_rn(g, tl.load(grad_scale).to(tl.float32))
-    if MAXIMIZE:
-        g = -g
-    if HAS_WD:
-        g = g + tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * weight_decay
-    return g
 
 
 @triton.jit
@@ -46,12 +32,12 @@ def _sgd_kernel(items, n_items, p0, p_off, g0, g_off, m0, m_off, b0, b_off,
                 acc = tl.zeros([RB, CB], tl.float32)
                 for c in range(0, row, CB):
                     idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += _sgd_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+                    acc += load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
                                           HAS_GRAD_SCALE, MAXIMIZE, HAS_WD)
                 mean = tl.sum(acc, axis=1) / row.to(tl.float32)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
-            g = _sgd_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+            g = load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
                                HAS_GRAD_SCALE, MAXIMIZE, HAS_WD) - mean[:, None]
             d = g
             if HAS_MOMENTUM:
