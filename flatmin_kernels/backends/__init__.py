@@ -46,11 +46,13 @@ def _load(name: str):
         return None, f"cannot import: {exc}"
     except Exception as exc:  # a broken optional dependency must not break the package
         return None, f"cannot import: {type(exc).__name__}: {exc}"
+    ok, reason = module.available()
+    if not ok:
+        return None, reason
     missing = missing_ops(module)
     if missing:
         return None, f"incomplete: missing ops {', '.join(missing)}"
-    ok, reason = module.available()
-    return (module if ok else None), reason
+    return module, reason
 
 
 def backend_status() -> dict:

@@ -11,6 +11,8 @@ tested without a GPU. See :mod:`flatmin_kernels.backends.contract` for every op'
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 name = "triton"
@@ -21,6 +23,9 @@ try:
     _IMPORT_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the installation
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    if torch.cuda.is_available():  # only worth a warning where the fused kernels would run
+        warnings.warn(f"flatmin_kernels: the triton backend is unavailable: {_IMPORT_ERROR}",
+                      RuntimeWarning, stacklevel=2)
 
 if _IMPORT_ERROR is None:
     from .adam import step_adam_
