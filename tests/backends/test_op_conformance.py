@@ -16,7 +16,7 @@ FUSED = [name for name in available_backends() if name != "torch"]
 if not FUSED:
     pytest.skip("no fused backend is available here", allow_module_level=True)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _device_ok(backend, device):

@@ -8,8 +8,9 @@ import flatmin_kernels as fk
 from flatmin_kernels import backends
 
 from .. import oracles
+from .models import assert_relative_close
 
-BACKENDS = fk.available_backends()
+from ..backends_under_test import CPU_BACKENDS as BACKENDS  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- a small model
@@ -51,14 +52,6 @@ def train(model, opt, data, sign=1.0):
         opt.zero_grad()
         (sign * torch.nn.functional.mse_loss(model(x), y)).backward()
         opt.step()
-
-
-def assert_relative_close(p, q, rtol=1e-6, what="tensor"):
-    """||p - q|| <= rtol * ||q||: relative to the tensor's size, so rounding-level differences in
-    elements near zero (different but equally exact orders of fp32 operations) do not count."""
-    err = (p.detach().double() - q.detach().double()).norm()
-    scale = q.detach().double().norm()
-    assert err <= rtol * scale, f"{what}: relative error {float(err / scale) if scale else float(err):.3g} > {rtol}"
 
 
 def assert_models_close(a, b, rtol=1e-6):
