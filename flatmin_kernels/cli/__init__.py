@@ -1,7 +1,7 @@
 """``python -m flatmin_kernels <command>``: one module per command under this package.
 
-Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``; a command
-whose module is not in this version is not offered.
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when the parser is built, so ``info`` works even where the demo's extras are missing.
 """
 from __future__ import annotations
 
@@ -13,27 +13,19 @@ COMMANDS = {
     "info": "versions, devices, and which backends work here",
     "demo": "train a digits MLP with every method and report accuracy, sharpness and cost",
     "edge": "GD and SAM on the digits MLP: sharpness against the edges of stability",
-    "bench": "time the optimizer ops of each backend",
 }
 
 
 def _command_module(name):
-    try:
-        return importlib.import_module(f"flatmin_kernels.cli.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"flatmin_kernels.cli.{name}":
-            return None
-        raise
+    return importlib.import_module(f"flatmin_kernels.cli.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flatmin_kernels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flatmin_kernels",
+                                     description="flatmin_kernels: fused flat-minima optimizers")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
-        module = _command_module(name)
-        if module is None:
-            continue
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        _command_module(name).add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
