@@ -25,11 +25,15 @@ def _ext_modules():
     try:
         import torch
         from torch.utils import cpp_extension
-    except ImportError as exc:  # pragma: no cover - only without --no-build-isolation
-        raise RuntimeError(
-            "building flatmin_kernels._C needs torch at build time: install torch first, then "
-            "`pip install --no-build-isolation -e .` (or set FLATMIN_BUILD_EXT=0 to skip the extension)"
-        ) from exc
+    except ImportError:
+        # Under pip's build isolation torch is not importable here (and must not be fetched:
+        # that would be a second, multi-GB torch). Build the pure-Python package; the cpp
+        # backend then reports itself unavailable and the others are used.
+        print(
+            "flatmin_kernels: torch is not importable at build time, so the _C extension is not "
+            "built; install torch first, then `pip install --no-build-isolation -e .` to build it"
+        )
+        return [], {}
 
     os.environ.setdefault("MAX_JOBS", "2")  # CI has 2 cores
     sources = [os.path.relpath(p, ROOT) for p in ["csrc/bindings.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
