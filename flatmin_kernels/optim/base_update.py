@@ -60,7 +60,10 @@ def _sgd_state(state, p, momentum):
         return None, False
     buf = state.get("momentum_buffer")
     if buf is None:
-        state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        # Zeros, not empty: the first update overwrites it (buf = g, as torch does), but if that
+        # update is skipped on the device (found_inf) the buffer must still hold no garbage. The
+        # next step then starts from momentum * 0 + (1 - dampening) * g.
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state["momentum_buffer"], True
     return buf, False
 

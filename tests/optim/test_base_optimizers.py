@@ -346,3 +346,25 @@ def test_grad_scaler_skips_non_finite_steps_and_unscales_in_the_op(cls):
             if torch.is_tensor(v):
                 assert torch.equal(opt.state_dict()["state"][pid][k], v)
     assert scaler.get_scale() == 512.0
+
+
+def test_a_skipped_first_step_leaves_no_garbage_momentum():
+    """GradScaler skips the very first step (inf): the momentum buffer must not hold garbage, and
+    the next finite step equals a first step of plain SGD."""
+    model, ref_model = make_model(), make_model()
+    opt = fk.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    x, y = batches(1)[0]
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    for p in model.parameters():
+        buf = opt.state[p].get("momentum_buffer")
+        assert buf is None or torch.equal(buf, torch.zeros_like(p))
+    opt.zero_grad()
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+    scaler.step(opt)
+    torch.nn.functional.mse_loss(ref_model(x), y).backward()
+    ref_opt.step()
+    assert_models_close(model, ref_model)
