@@ -7,7 +7,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import BLOCK, NUM_WARPS, load_direction, item_header, load_scalar, scalar_arg, store_end, tile
+from .common import (
+    BLOCK,
+    NUM_WARPS,
+    item_header,
+    load_direction,
+    load_scalar,
+    row_means,
+    scalar_arg,
+    store_end,
+    tile,
+)
 from .tables import layout
 
 
@@ -64,12 +74,8 @@ def _adam_kernel(items, n_items, p0, p_off, g0, g_off, m0, m_off, v0, v_off, vma
         mean = tl.zeros([RB], tl.float32)
         if HAS_GC:
             if gc != 0:
-                acc = tl.zeros([RB, CB], tl.float32)
-                for c in range(0, row, CB):
-                    idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
-                                           HAS_GRAD_SCALE, MAXIMIZE, L2)
-                mean = tl.sum(acc, axis=1) / row.to(tl.float32)
+                mean = row_means(g_ptr, b_ptr, r0, row, end, grad_scale, weight_decay,
+                                 HAS_GRAD_SCALE, MAXIMIZE, L2, RB, CB)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             smask = mask & (idx < write_end)

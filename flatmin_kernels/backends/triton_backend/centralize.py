@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, tile
+from .common import NUM_WARPS, item_header, row_means, tile
 from .tables import layout
 
 
@@ -16,11 +16,7 @@ def _centralize_kernel(items, n_items, x0, x_off, RB: tl.constexpr, CB: tl.const
     t, start, end, row, gc = item_header(items, n_items, pid)
     x_ptr = x0 + tl.load(x_off + t)
     for r0 in range(start, end, row * RB):
-        acc = tl.zeros([RB, CB], tl.float32)
-        for c in range(0, row, CB):
-            idx, mask = tile(r0, row, end, c, RB, CB)
-            acc += tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(acc, axis=1) / row.to(tl.float32)
+        mean = row_means(x_ptr, x_ptr, r0, row, end, 0, 0.0, False, False, False, RB, CB)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)

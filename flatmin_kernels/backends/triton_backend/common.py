@@ -116,3 +116,17 @@ def load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
     if HAS_WD:
         g = g + tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * weight_decay
     return g
+
+
+@triton.jit
+def row_means(g_ptr, b_ptr, r0, row, end, grad_scale, weight_decay,
+              HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+              RB: tl.constexpr, CB: tl.constexpr):
+    """GC's first half: the fp32 mean of each of the RB rows starting at element r0 of the
+    direction ``load_direction`` reads (with no scale, sign or decay flag: the raw values)."""
+    acc = tl.zeros([RB, CB], tl.float32)
+    for c in range(0, row, CB):
+        idx, mask = tile(r0, row, end, c, RB, CB)
+        acc += load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
+                              HAS_GRAD_SCALE, MAXIMIZE, HAS_WD)
+    return tl.sum(acc, axis=1) / row.to(tl.float32)

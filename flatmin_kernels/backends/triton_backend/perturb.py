@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, store_end, load_scalar, scalar_arg, tile
+from .common import NUM_WARPS, item_header, load_scalar, row_means, scalar_arg, store_end, tile
 from .tables import layout
 
 
@@ -26,11 +26,7 @@ def _perturb_kernel(items, n_items, p0, p_off, d0, d_off, b0, b_off, s0, s_off, 
         mean = tl.zeros([RB], tl.float32)
         if HAS_GC:
             if gc != 0:
-                acc = tl.zeros([RB, CB], tl.float32)
-                for c in range(0, row, CB):
-                    idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += tl.load(d_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-                mean = tl.sum(acc, axis=1) / row.to(tl.float32)
+                mean = row_means(d_ptr, d_ptr, r0, row, end, 0, 0.0, False, False, False, RB, CB)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             p = tl.load(p_ptr + idx, mask=mask)

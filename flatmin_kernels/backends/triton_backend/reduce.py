@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, tile
+from .common import NUM_WARPS, item_header, row_means, tile
 from .tables import layout
 
 PARTIALS_BLOCK = 128
@@ -29,11 +29,7 @@ def _partials_kernel(items, n_items, x0, x_off, y0, y_off, partials,
         mean = tl.zeros([RB], tl.float32)
         if HAS_GC:
             if gc != 0:  # sumsq of the centralized tensor: row means first
-                acc = tl.zeros([RB, CB], tl.float32)
-                for c in range(0, row, CB):
-                    idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-                mean = tl.sum(acc, axis=1) / row.to(tl.float32)
+                mean = row_means(x_ptr, x_ptr, r0, row, end, 0, 0.0, False, False, False, RB, CB)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)

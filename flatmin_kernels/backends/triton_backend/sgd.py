@@ -5,7 +5,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, load_direction, item_header, store_end, load_scalar, scalar_arg, tile
+from .common import (
+    NUM_WARPS,
+    item_header,
+    load_direction,
+    load_scalar,
+    row_means,
+    scalar_arg,
+    store_end,
+    tile,
+)
 from .tables import layout
 
 
@@ -29,12 +38,8 @@ def _sgd_kernel(items, n_items, p0, p_off, g0, g_off, m0, m_off, b0, b_off,
         mean = tl.zeros([RB], tl.float32)
         if HAS_GC:
             if gc != 0:
-                acc = tl.zeros([RB, CB], tl.float32)
-                for c in range(0, row, CB):
-                    idx, mask = tile(r0, row, end, c, RB, CB)
-                    acc += load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
-                                          HAS_GRAD_SCALE, MAXIMIZE, HAS_WD)
-                mean = tl.sum(acc, axis=1) / row.to(tl.float32)
+                mean = row_means(g_ptr, b_ptr, r0, row, end, grad_scale, weight_decay,
+                                 HAS_GRAD_SCALE, MAXIMIZE, HAS_WD, RB, CB)
         for c in range(0, row, CB):
             idx, mask = tile(r0, row, end, c, RB, CB)
             g = load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
