@@ -99,7 +99,6 @@ def main() -> int:
         src = torch.empty(nbytes // 2, dtype=torch.uint8, device=dev)  # copy: reads + writes = nbytes
         dst = torch.empty_like(src)
         c50, _, _ = do_bench(lambda: dst.copy_(src), quantiles=quantiles)
-        del src, dst
         gbps = nbytes / (t50 * 1e-3) / 1e9
         copy_gbps = nbytes / (c50 * 1e-3) / 1e9
         rows.append(dict(op=name, elements=n, tensors=len(shapes), bytes=nbytes, ms_p50=t50, ms_p20=t20,

@@ -198,7 +198,7 @@ def test_step_adam(backend, device, case, dtype, decoupled, extras):
     _device_ok(backend, device)
     amsgrad = extras == "amsgrad_gc_backup"
     lists = _adam_lists(case, dtype, device, amsgrad)
-    params, grads = lists[0], lists[1]
+    params = lists[0]
     kwargs = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.05, decoupled=decoupled,
                   amsgrad=amsgrad, maximize=extras == "max_amp",
                   centralize=gc_flags(params) if amsgrad else None,

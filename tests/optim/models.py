@@ -11,7 +11,6 @@ import copy
 import torch
 from torch import nn
 
-import flatmin_kernels
 from tests import oracles
 from tests.backends_under_test import CPU_BACKENDS, INTERPRETED
 
@@ -180,3 +179,29 @@ def numel_with_grad(model):
 
 def numel_trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def resume_run(make_opt, n_batches=6, split=3, before_load=None):
+    """Train a net with ``make_opt(net)``, save model and optimizer after ``split`` batches and
+    go on; then resume a differently initialised net and a fresh optimizer from the save and
+    train the same batches. The two nets must end bit-identical. Returns (optimizer, saved
+    optimizer state, resumed optimizer) for further checks; ``before_load(fresh_optimizer)``
+    runs before the saved state is loaded."""
+    data = batches(n_batches)
+    net = make_net()
+    opt = make_opt(net)
+    for batch in data[:split]:
+        opt.step(closure_for(net, batch, opt.zero_grad))
+    saved_model, saved_opt = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
+    for batch in data[split:]:
+        opt.step(closure_for(net, batch, opt.zero_grad))
+    resumed = make_net(seed=5)
+    resumed.load_state_dict(saved_model)
+    opt2 = make_opt(resumed)
+    if before_load is not None:
+        before_load(opt2)
+    opt2.load_state_dict(saved_opt)
+    for batch in data[split:]:
+        opt2.step(closure_for(resumed, batch, opt2.zero_grad))
+    assert_same_model(resumed, net, rtol=0)  # bit-identical
+    return opt, saved_opt, opt2

@@ -1,5 +1,4 @@
 """GAM (both forms) against the naive oracle; passes, buffers, resume and errors."""
-import copy
 
 import pytest
 import torch
@@ -100,21 +99,7 @@ def test_non_finite_gradient_skips_everything(backend, bad_pass):
 
 
 def test_resume_bit_identical():
-    batches = M.batches(6)
-    net = M.make_net()
-    opt = make(net, "sgd", "torch", **HYPER)
-    for batch in batches[:3]:
-        opt.step(M.closure_for(net, batch, opt.zero_grad))
-    saved_model, saved_opt = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
-    for batch in batches[3:]:
-        opt.step(M.closure_for(net, batch, opt.zero_grad))
-    resumed = M.make_net(seed=5)
-    resumed.load_state_dict(saved_model)
-    opt2 = make(resumed, "sgd", "torch", **HYPER)
-    opt2.load_state_dict(saved_opt)
-    for batch in batches[3:]:
-        opt2.step(M.closure_for(resumed, batch, opt2.zero_grad))
-    M.assert_same_model(resumed, net, rtol=0)  # bit-identical
+    M.resume_run(lambda net: make(net, "sgd", "torch", **HYPER))
 
 
 def test_bad_input():
