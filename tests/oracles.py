@@ -114,11 +114,15 @@ def philox4x32_10(counter, key):
 
 
 def noise_normal(seed: int, step: int, sample: int, j: int) -> float:
-    """The standard normal for element j, computed in float64 from the same two uniforms."""
-    words = philox4x32_10((j & 0xFFFFFFFF, j >> 32, step, sample), (seed & 0xFFFFFFFF, seed >> 32))
-    u1 = ((words[0] >> 8) | 1) * 2.0**-24
-    u2 = ((words[1] >> 8) | 1) * 2.0**-24
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    """The standard normal for element j (noise definition v2), in float64 from the same uniforms:
+    Philox call c = j >> 2 gives four words, i.e. two Box-Muller pairs (cos and sin of each);
+    element j takes entry j & 3 of (r_a cos, r_a sin, r_b cos, r_b sin)."""
+    c = j >> 2
+    words = philox4x32_10((c & 0xFFFFFFFF, c >> 32, step, sample), (seed & 0xFFFFFFFF, seed >> 32))
+    u = [((w >> 8) | 1) * 2.0**-24 for w in words]
+    r_a, th_a = math.sqrt(-2.0 * math.log(u[0])), 2.0 * math.pi * u[1]
+    r_b, th_b = math.sqrt(-2.0 * math.log(u[2])), 2.0 * math.pi * u[3]
+    return (r_a * math.cos(th_a), r_a * math.sin(th_a), r_b * math.cos(th_b), r_b * math.sin(th_b))[j & 3]
 
 
 # ----------------------------------------------------------------------------- BatchNorm rule (spec section 0)

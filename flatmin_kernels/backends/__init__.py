@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from .contract import OPS, missing_ops
+from .contract import OPS, missing_api
 
 BACKEND_NAMES = ("torch", "triton", "cpp")
 CHOICES = ("auto",) + BACKEND_NAMES
@@ -49,9 +49,9 @@ def _load(name: str):
     ok, reason = module.available()
     if not ok:
         return None, reason
-    missing = missing_ops(module)
+    missing = missing_api(module)
     if missing:
-        return None, f"incomplete: missing ops {', '.join(missing)}"
+        return None, f"incomplete for contract v2: missing {', '.join(missing)}"
     return module, reason
 
 

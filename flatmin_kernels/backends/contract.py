@@ -1,119 +1,219 @@
-"""The op contract between optimizers and backends.
+"""The op contract (version 2) between the host path and the backends.
 
-Every backend (``torch``, ``triton``, ``cpp``) is a module that defines the functions
-named in :data:`OPS` with exactly the signatures documented below. The torch reference
-backend (:mod:`flatmin_kernels.backends.torch_backend`) is the executable form of this
-page: when in doubt, its code is the definition.
+Every backend (``torch``, ``triton``, ``cpp``) is a module that defines :class:`Table`-like
+class ``Table``, the functions named in :data:`OPS`, and ``available()``, ``supports(device)``
+and ``serves(tensor, gc)``, with exactly the meaning documented here. The torch reference
+backend (:mod:`flatmin_kernels.backends.torch_backend`) is the executable form of this page:
+when in doubt, its code is the definition.
 
-General rules
--------------
-* Every list argument holds tensors of one *bucket*: same device, and within one list the
-  same dtype (different lists may differ, e.g. bf16 params with fp32 GAM buffers).
-  ``flatmin_kernels.backends.buckets`` does the grouping; an op never sees two devices.
-* All math and accumulation is fp32, whatever the storage dtype (fp32, bf16, fp16);
-  results are rounded to the destination tensor's dtype once, when stored.
-* "Scalar" arguments are python numbers or 0-d fp32 tensors on the bucket's device, so that
-  values computed on the device (norms, scales, found_inf) never have to visit the host.
-* No op synchronises with the host, and reductions are deterministic (same bits every run).
-* Lists may contain 0-element tensors; they are valid and left alone.
-* ``centralize`` is ``None`` (no GC anywhere) or a sequence of bools, one per tensor: ``True``
-  means "apply gradient centralization to this tensor", i.e. replace x by x minus the mean of
-  x over all dimensions but dim 0 (per output row: rows = shape[0], row length = numel/shape[0]).
-  The optimizer decides the flags (``gc``: ndim > 1, ``gcc``: ndim > 3).
-* ``found_inf`` is ``None`` or a 0-d fp32 device tensor; when it is > 0 params, buffers and
-  steps keep their bits (``perturb_`` still fills ``save_to`` with a copy of the unchanged params).
-* ``grad_scale`` is ``None`` or a 0-d fp32 device tensor; gradients are divided by it before
-  use (AMP unscale). Gradients are never modified by a step op.
+Tables
+------
+A *table* is one bucket of tensors prepared once: the host path (``flatmin_kernels.plan``)
+builds one per bucket on an optimizer's first step and reuses it every step, so a
+steady-state op call does no per-tensor Python work. ::
+
+    table = backend.Table(tensors, gc_rows=None, offsets=None)
+
+* ``tensors``: the bucket's tensors (the parameters), all on one device, each dense
+  (``is_non_overlapping_and_dense``); they fix the *shape part*: element counts, memory layout
+  (strides), work items. They are bound as the slot ``"param"``.
+* ``gc_rows[i]``: whether gradient centralization may be applied to tensor i. Its rows are
+  dim 0 (row length ``numel // shape[0]``); dim 0 must be the outermost dimension in memory,
+  and work items never split a row.
+* ``offsets[i]``: the global element index of tensor i's first element (the noise's j).
+
+``table.bind(name, tensors)`` binds a persistent list to a slot: same length; tensor i on the
+table's device with tensor i's element count and strides; one dtype in the list (lists may
+differ: bf16 params with fp32 buffers). The table keeps a reference. Rebinding a name replaces
+it. ``table.bind_scalars(name, tensors)`` binds one 1-element fp32 tensor per tensor (Adam's
+step counts). ``table.bind_grads(name="grad")`` makes slot ``name`` read ``tensors[i].grad``.
+
+``table.refresh(grads=True)`` re-reads the storage of the ``"param"`` slot and (with ``grads``)
+of the grad slots; the host path calls it once per pass (at the entry of every step method and after every closure),
+and ops use the storage seen by the latest ``refresh`` (or binding). Gradients re-allocated at
+the same shapes (``zero_grad(set_to_none=True)``) refresh pointers only. If the shape part no
+longer holds (a gradient is None, or an element count, layout, device or dtype changed),
+``refresh`` raises :class:`StaleTable` and nothing is written; the host path then rebuilds.
+Other slots must keep their storage while bound (the host path rebinds what it replaces).
+A backend may also re-read pointers at every op (``cpp`` does: it costs nothing there). While
+the current CUDA stream is capturing a graph, ``refresh`` must neither allocate nor copy: if
+the storage moved it raises RuntimeError saying that a table would be rebuilt during capture.
+
+``backend.serves(tensor, gc)`` says whether the backend's tables take this tensor (dtype,
+device, layout; ``gc``: whether it will be centralized). The host path routes any tensor a
+fused backend does not serve -- fp64 where a backend has no fp64 kernels, views with gaps,
+meta tensors -- to the torch backend, which serves every real floating tensor.
+
+General rules for ops
+---------------------
+* The first argument is a table; list arguments are slot names (``str``), ``None`` when
+  absent.
+* Math and accumulation are fp32 for fp32, bf16 and fp16 storage (fp64 for fp64 in the torch
+  backend); results are rounded to the destination's dtype once, when stored.
+* A *scalar* is a python number, a 1-element fp32 tensor on the table's device (read on the
+  device, so values computed there never visit the host), or a pair ``(number, tensor)``
+  meaning their product.
+* No op synchronises with the host. Reductions are deterministic (same bits every run): fixed
+  order, two stages, no atomics.
+* 0-element tensors are valid and left alone.
+* ``centralize`` (bool) applies GC to the tensors whose ``gc_rows`` flag is set:
+  ``C(x) = x - mean of x over all dims but 0``, per row.
+* ``found_inf`` is ``None`` or a 1-element fp32 device tensor; > 0 means skip (see each op).
+* ``grad_scale`` is ``None`` or a 1-element fp32 device tensor; gradients are divided by it
+  (AMP unscale). Gradients are never modified by a step op.
+
+Reductions accumulate into ``out``, a 1-D fp32 tensor on the table's device (the host path's
+per-step scalars)::
+
+    out[index] = (out[index] if accumulate else 0) + total
+
+and then, if ``epilogue`` is given, derive per-step scalars in the same launch (see
+:class:`InvNorm` and :class:`Ratio`), so a norm costs no tiny ops afterwards.
 
 The ops
 -------
-``sumsq(tensors, *, weights=None, centralize=None) -> Tensor``
-    One fp32 value per tensor, on the device: ``sum((C(x) * |w|) ** 2)`` where C is GC where
-    flagged and ``|w|`` (the ASAM weighting) is used only when ``weights`` is given.
+``sumsq(t, x, *, weights=None, centralize=False, out, index=0, accumulate=False, epilogue=None)``
+    total = sum over the bucket of ``(C(x) * |w|) ** 2``; ``|w|`` (ASAM) only with ``weights``.
 
-``perturb_(params, directions, scale, *, save_to=None, base=None, centralize=None, adaptive=False, found_inf=None)``
-    ``p <- b + scale * D`` with ``b = base[i]`` if ``base`` is given, else ``p`` itself, and
-    ``D = C(d)`` (times ``b ** 2`` when ``adaptive``; ASAM). If ``save_to`` is given, the old
-    ``p`` is copied into it first (the exact backup SAM restores from).
+``dot(t, x, y, *, out, index=0, accumulate=False)``
+    total = sum of ``x * y``.
 
-``noise_(params, coef, *, seed, step, sample, offsets, base=None, found_inf=None)``
-    ``p <- b + coef * N`` with N the standard normal of :func:`normal_from_philox` for the
-    element's global index ``j = offsets[i] + k`` (k = flat index inside tensor i). The noise
-    is regenerated from (seed, step, sample, j) on every call and never stored.
+``axpby_(t, y, x, a, b, *, reduce=None, z=None, weights=None, out=None, index=0, accumulate=False, epilogue=None)``
+    ``y' = a * y + b * x`` is stored into y (with ``a`` the python number 0, y is not read: it
+    may hold garbage). GAM's linear combinations, with their norms in the same pass:
+
+    * ``reduce="x"``: ``out[index] += sum((|w| * (x - z)) ** 2)`` (z and w optional);
+    * ``reduce="y"``: ``out[index] += sum(y' ** 2)`` and, with z, ``out[index + 1] += sum(y' * z)``.
+
+``perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=None, centralize=False, adaptive=False, found_inf=None)``
+    With ``b`` = base (if given) else the old p, and ``D = C(d - minus)`` (minus optional),
+    times ``b ** 2`` when ``adaptive`` (ASAM)::
+
+        save_to <- p           (bit-exact backup of the old p)       } written even when
+        copy_d_to <- d         (rounded to its dtype; exact if same)  } found_inf > 0
+        p <- b + scale * D     unless found_inf > 0
+
+``noise_(t, p, coef, *, seed, step, sample, base=None, found_inf=None)``
+    ``p <- b + coef * N(j)`` (b = base or p) for ``j = offsets[i] + k``, skipped when
+    found_inf > 0. ``step`` is a python int or a 1-element int64 device tensor (read in the
+    kernel, so a captured CUDA graph draws new noise at each replay); ``sample`` a python int.
 
 ``philox(n, *, seed, step, sample, offset, device) -> Tensor``
-    The raw generator: an int64 tensor of shape (n, 4) holding the four uint32 words of
-    Philox4x32-10 for j = offset .. offset + n - 1 (see the noise definition below).
+    The raw generator, no table: an int64 tensor of shape (n, 4) holding the four uint32 words
+    of Philox4x32-10 for counters c = offset .. offset + n - 1 (see the noise definition).
 
-``step_sgd_(params, grads, momentum_buffers, *, lr, weight_decay, momentum, dampening, nesterov, maximize, init_buffers=False, centralize=None, backups=None, grad_scale=None, found_inf=None)``
-    torch.optim.SGD's update with GC placed as SGD_GC does (after L2 weight decay, before
-    momentum)::
+``step_sgd_(t, p, g, buf, *, lr, weight_decay, momentum, dampening, nesterov, maximize, init_buffers=False, centralize=False, backup=None, g2=None, g_coef=1.0, g2_coef=1.0, grad_scale=None, found_inf=None)``
+    torch.optim.SGD's update with GC placed as SGD_GC does (after L2 decay, before momentum)::
 
-        b = backups[i] if backups else p          # the restore is folded into the update
-        g = grad / grad_scale;  g = -g if maximize
-        g = g + weight_decay * b
-        g = C(g)
+        b = backup if backup else p                     # the SAM restore, folded in
+        g = g_coef * g (+ g2_coef * g2)                 # GAM's direction: two lists combined
+        g = g / grad_scale;  g = -g if maximize
+        g = g + weight_decay * b;  g = C(g)
         if momentum:  buf = g if init_buffers else momentum * buf + (1 - dampening) * g
                       d = g + momentum * buf if nesterov else buf
         else:         d = g
         p = b - lr * d
+        if found_inf > 0:  p = b and buf keeps its bits  (a skipped step still restores)
 
-    ``momentum_buffers`` is ``None`` when momentum == 0.
+    ``buf`` is ``None`` when momentum == 0.
 
-``step_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, centralize=None, backups=None, grad_scale=None, found_inf=None)``
-    torch.optim.Adam (``decoupled=False``) / AdamW (``decoupled=True``) with GC placed as
-    Adam_GC / AdamW_GC do (on the gradient, after L2 decay, before the moments)::
+``step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, centralize=False, backup=None, g2=None, g_coef=1.0, g2_coef=1.0, grad_scale=None, found_inf=None)``
+    torch.optim.Adam (``decoupled=False``) / AdamW (``decoupled=True``), GC as Adam_GC /
+    AdamW_GC (on the gradient, after L2 decay, before the moments); ``steps`` is a scalar slot::
 
-        b = backups[i] if backups else p
-        g = grad / grad_scale;  g = -g if maximize
+        b = backup if backup else p
+        g = (g_coef * g (+ g2_coef * g2)) / grad_scale;  g = -g if maximize
         if decoupled: b = b * (1 - lr * weight_decay)   else: g = g + weight_decay * b
         g = C(g)
-        step += 1                                       # steps[i]: 0-d fp32 tensor
+        step += 1
         m = m + (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g * g
         vmax = max(vmax, v) if amsgrad
         denom = sqrt(vmax or v) / sqrt(1 - beta2 ** step) + eps
         p = b - lr / (1 - beta1 ** step) * m / denom
+        if found_inf > 0:  p = (backup if backup else p), m, v, vmax, step keep their bits
 
-    The two bias corrections are computed in float64 and then rounded to fp32 (in fp32,
+    The bias corrections are computed in float64 and rounded to fp32 (in fp32,
     ``1 - 0.999 ** 1`` is off by 1e-5 relative, enough to leave torch.optim's trajectory).
+    ``vmax`` is ``None`` unless amsgrad.
 
-    ``max_exp_avg_sqs`` is ``None`` unless amsgrad.
+``centralize_(t, x)``
+    GC in place on the tensors whose ``gc_rows`` flag is set.
 
-``centralize_(tensors, centralize)``
-    GC in place on the flagged tensors.
-
-``axpby_(ys, xs, a, b)``
-    ``y <- a * y + b * x``. When ``a`` is the python number 0, y is not read (it may hold
-    garbage or non-finite values). GAM's linear combinations of gradient buffers.
-
-``dot(xs, ys) -> Tensor``
-    One fp32 value per tensor pair: ``sum(x * y)``.
-
-The noise definition
---------------------
+The noise definition (v2: four normals per Philox call)
+--------------------------------------------------------
 Element j (global index in the optimizer's flattened parameter list), step t, sample k,
 64-bit seed s:
 
-* key = (s & 0xFFFFFFFF, s >> 32); counter = (j & 0xFFFFFFFF, j >> 32, t, k), all uint32;
+* c = j >> 2 (the Philox call that serves j), lane = j & 3;
+* key = (s & 0xFFFFFFFF, s >> 32); counter = (c & 0xFFFFFFFF, c >> 32, t, k), all uint32;
 * (x0, x1, x2, x3) = Philox4x32-10(counter, key): multipliers 0xD2511F53, 0xCD9E8D57, Weyl
   increments 0x9E3779B9, 0xBB67AE85 (Random123's; the same as Triton's ``tl.philox``);
-* u1 = ((x0 >> 8) | 1) * 2**-24 and u2 = ((x1 >> 8) | 1) * 2**-24, exact in fp32 and in (0, 1);
-* N = sqrt(-2 * ln(u1)) * cos(2*pi * u2) in fp32 (Box-Muller).
+* u_i = ((x_i >> 8) | 1) * 2**-24, exact in fp32 and in (0, 1);
+* r_a = sqrt(-2 ln u0), th_a = 2 pi u1;  r_b = sqrt(-2 ln u2), th_b = 2 pi u3 (fp32);
+* N(j) = (r_a cos th_a, r_a sin th_a, r_b cos th_b, r_b sin th_b)[lane]  (Box-Muller, both
+  pairs, cos and sin: four normals per call, since the generator bounds the noise kernel).
+
+Every backend computes the same words (bit for bit) and the same normals to within 1e-6.
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 OPS = (
     "sumsq",
+    "dot",
+    "axpby_",
     "perturb_",
     "noise_",
     "philox",
     "step_sgd_",
     "step_adam_",
     "centralize_",
-    "axpby_",
-    "dot",
 )
 
+# What every backend module defines besides the ops.
+MODULE_API = ("Table", "available", "supports", "serves")
 
-def missing_ops(module) -> list:
-    """Names of contract ops that ``module`` does not define (empty for a complete backend)."""
-    return [name for name in OPS if not callable(getattr(module, name, None))]
+
+class StaleTable(RuntimeError):
+    """A table no longer describes its tensors (shapes, layout, device, dtype, a missing
+    gradient): nothing was written; the host path rebuilds the table and retries."""
+
+
+@dataclass(frozen=True)
+class InvNorm:
+    """Epilogue of a reduction into ``out[index]`` (the sum of squares ``s``)::
+
+        out[inv] = 1 / (sqrt(s) + eps)
+        out[inf] = f  or  max(out[inf], f) if inf_accumulate,   f = 1.0 if s is not finite else 0.0
+
+    SAM's scale is ``rho * out[inv]``; found_inf skips what the non-finite norm would poison.
+    """
+
+    eps: float
+    inv: int
+    inf: int
+    inf_accumulate: bool = False
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Epilogue of ``axpby_(..., reduce="y", z=...)`` into ``out[index]`` (``s = sum(y'^2)``)
+    and ``out[index + 1]`` (``q = sum(y' z)``)::
+
+        out[coef] = 1 + gamma * q / (s + eps)
+        out[inf]  = f  or  max(out[inf], f) if inf_accumulate,   f = 1.0 unless s and q are finite
+
+    GAM's update direction is ``out[coef] * h+ - gamma * h-``.
+    """
+
+    eps: float
+    gamma: float
+    coef: int
+    inf: int
+    inf_accumulate: bool = False
+
+
+def missing_api(module) -> list:
+    """Names of the contract that ``module`` does not define (empty for a complete backend)."""
+    return [name for name in OPS + MODULE_API if not callable(getattr(module, name, None))]

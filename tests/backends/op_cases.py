@@ -51,3 +51,38 @@ def assert_lists_close(actual, expected, dtype=None):
         assert a.shape == e.shape and a.dtype == e.dtype, (i, a.shape, e.shape, a.dtype, e.dtype)
         atol, rtol = TOLERANCES[dtype or e.dtype]
         torch.testing.assert_close(a.float(), e.float(), atol=atol, rtol=rtol, msg=lambda m: f"tensor {i} {tuple(e.shape)}: {m}")
+
+
+def offsets_of(tensors, start=0):
+    """Global element offsets of a list laid end to end from ``start`` (NSO's noise index)."""
+    out, total = [], start
+    for t in tensors:
+        out.append(total)
+        total += t.numel()
+    return out
+
+
+def build_table(backend, lists, *, gc=None, offsets=None, scalars=(), grads=None):
+    """A contract-v2 table of ``backend`` over ``lists["param"]``, every other list bound by name.
+
+    ``scalars`` names the lists bound with ``bind_scalars`` (one-element tensors, e.g. Adam's
+    steps); ``grads``: give the param tensors these ``.grad`` and bind the slot "grad" to them.
+    """
+    table = backend.Table(lists["param"], gc_rows=gc, offsets=offsets)
+    for name, tensors in lists.items():
+        if name == "param" or tensors is None:
+            continue
+        if name in scalars:
+            table.bind_scalars(name, tensors)
+        else:
+            table.bind(name, tensors)
+    if grads is not None:
+        for p, g in zip(lists["param"], grads):
+            p.grad = g
+        table.bind_grads("grad")
+    table.refresh(grads=grads is not None)
+    return table
+
+
+def clone_lists(lists):
+    return {name: None if ts is None else clone_list(ts) for name, ts in lists.items()}

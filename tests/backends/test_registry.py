@@ -12,7 +12,7 @@ def test_every_available_backend_implements_the_whole_contract():
     assert "torch" in fk.available_backends()
     for name in fk.available_backends():
         module = backends.get_backend(name)
-        assert backends.contract.missing_ops(module) == []
+        assert backends.contract.missing_api(module) == []
         assert module.name == name
 
 
