@@ -36,11 +36,15 @@ def _ext_modules():
         return [], {}
 
     os.environ.setdefault("MAX_JOBS", "2")  # CI has 2 cores
-    sources = [os.path.relpath(p, ROOT) for p in ["csrc/bindings.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
-    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    sources = [os.path.relpath(p, ROOT) for p in
+               ["csrc/bindings.cpp", "csrc/table.cpp", *sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]]
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # -fno-math-errno and -fno-trapping-math let the element loops vectorise (no errno branch,
     # selects on floats); neither changes a result: no reassociation, no fast-math.
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]  # the C++ standard is the one torch asks for
+    # -ffp-contract=off: no fused multiply-adds, so every instruction set (csrc/cpu/isa_*.cpp)
+    # rounds as the torch reference does. -Wno-psabi: GCC's note on passing vector types.
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi", "-fvisibility=hidden",
+                 "-fopenmp"]  # the C++ standard is the one torch asks for
     extra_link_args = ["-fopenmp"]  # torch's own libgomp is the one loaded at run time
 
     with_cuda = (
@@ -53,7 +57,8 @@ def _ext_modules():
         extension = cpp_extension.CUDAExtension
         extra = {
             "cxx": cxx_flags + ["-DFLATMIN_WITH_CUDA"],
-            "nvcc": ["-O3", "-DFLATMIN_WITH_CUDA", "-lineinfo"],
+            # --fmad=false: the same roundings as the CPU build and the reference (no contraction)
+            "nvcc": ["-O3", "-DFLATMIN_WITH_CUDA", "-lineinfo", "--fmad=false"],
         }
         print("flatmin_kernels: building _C for the CPU and CUDA")
     else:

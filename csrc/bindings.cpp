@@ -1,26 +1,28 @@
-// The torch binding of flatmin_kernels._C: checks the tensor lists of one op call, describes
-// them as a Bucket (op_args.h) and runs the CPU or the CUDA implementation by device.
+// The torch binding of flatmin_kernels._C: the Table class (table.h) and every op of the contract
+// over a table. An op reads its lists from the table by slot name, parses its scalars, and runs
+// the CPU or the CUDA implementation (op_args.h) by the table's device, on torch's current stream
+// of that device under a device guard. flatmin_kernels/backends/cpp_backend.py adapts the
+// contract's keyword signatures to these positional ones.
 //
 // This file uses only device-generic torch headers, so it compiles against a CPU-only torch
 // too; the CUDA kernels (csrc/cuda/*.cu) see raw pointers and a stream handle, never torch.
-// The Python side (flatmin_kernels/backends/cpp_backend.py) passes the current CUDA stream.
 #include <torch/extension.h>
-#include <c10/core/DeviceGuard.h>
+#include <torch/csrc/autograd/python_variable.h>
 
 #include <optional>
+#include <sstream>
 #include <string>
-#include <vector>
 
 #include "flatmin/op_args.h"
+#include "table.h"
 
 namespace py = pybind11;
 
 namespace flatmin {
 namespace {
 
-using TensorList = std::vector<at::Tensor>;
-using OptionalList = std::optional<TensorList>;
-using Flags = std::optional<std::vector<bool>>;
+using namespace lists;
+using List = Table::List;
 
 #ifdef FLATMIN_WITH_CUDA
 constexpr bool kBuiltWithCuda = true;
@@ -28,323 +30,279 @@ constexpr bool kBuiltWithCuda = true;
 constexpr bool kBuiltWithCuda = false;
 #endif
 
-// Whether t's elements sit in the same memory order as a tensor of its shape with these strides
-// (a dimension of size 1 may have any stride).
-bool same_layout(const at::Tensor& t, const std::vector<int64_t>& strides) {
-  if (t.dim() != static_cast<int64_t>(strides.size())) return false;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (t.size(d) > 1 && t.stride(d) != strides[d]) return false;
-  return true;
+std::string where(const Table& t) {
+  std::ostringstream s;
+  s << t.device();
+  return s.str();
 }
 
-DType dtype_of(const at::Tensor& t, const char* list, size_t i) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kHalf: return DType::kFloat16;
-    default:
-      TORCH_CHECK(false, "cpp backend: tensor ", i, " of ", list, " has dtype ", t.scalar_type(),
-                  "; only float32, bfloat16 and float16 are supported");
+// ---------------------------------------------------------------------------- arguments
+
+// A 1-element tensor on the table's device, of `dtype`, that the extension may read.
+const void* scalar_tensor(const Table& t, py::handle obj, const char* name, at::ScalarType dtype) {
+  const at::Tensor& x = THPVariable_Unpack(obj.ptr());
+  if (x.numel() != 1 || x.scalar_type() != dtype || x.device() != t.device() ||
+      x.unsafeGetTensorImpl()->is_python_dispatch() || !x.unsafeGetTensorImpl()->has_storage())
+    throw py::value_error(std::string(name) + " must be a one-element " + c10::toString(dtype) + " tensor on " +
+                          where(t));
+  return x.unsafeGetTensorImpl()->mutable_data();
+}
+
+// A contract scalar: a number, a 1-element fp32 tensor on the table's device, or (number, tensor).
+Scalar scalar(const Table& t, py::handle obj, const char* name, double* number = nullptr) {
+  PyObject* o = obj.ptr();
+  if (THPVariable_Check(o)) return {1.0f, static_cast<const float*>(scalar_tensor(t, obj, name, at::kFloat))};
+  // (number, tensor): their product
+  if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2 && THPVariable_Check(PyTuple_GET_ITEM(o, 1)) &&
+      (PyFloat_Check(PyTuple_GET_ITEM(o, 0)) || PyLong_Check(PyTuple_GET_ITEM(o, 0)))) {
+    const double value = PyFloat_AsDouble(PyTuple_GET_ITEM(o, 0));
+    return {static_cast<float>(value),
+            static_cast<const float*>(scalar_tensor(t, PyTuple_GET_ITEM(o, 1), name, at::kFloat))};
   }
-  return DType::kFloat32;
-}
-
-// Everything one op call needs alive until its work is enqueued: the bucket description,
-// its device copy (CUDA), and fp32 copies of scalar tensors.
-class BucketBuilder {
- public:
-  BucketBuilder(const TensorList& first, const char* name) : device_(first.at(0).device()) {
-    TORCH_CHECK(device_.is_cpu() || device_.is_cuda(), "cpp backend: tensors on ", device_,
-                " are not supported (cpu or cuda only)");
-    TORCH_CHECK(device_.is_cpu() || kBuiltWithCuda,
-                "cpp backend: flatmin_kernels._C was built without CUDA; cannot run on ", device_);
-    records_.resize(first.size());
-    for (size_t i = 0; i < first.size(); ++i) {
-      TensorRecord& r = records_[i];
-      for (int l = 0; l < kMaxLists; ++l) r.ptr[l] = 0;
-      r.numel = first[i].numel();
-      r.row_len = 0;
-      r.aux = 0;
-      r.first_item = 0;
+  if (!THPVariable_Check(o) && !PyTuple_Check(o)) {
+    const double value = PyFloat_AsDouble(o);  // python numbers, numpy scalars: anything with __float__
+    if (!(value == -1.0 && PyErr_Occurred())) {
+      if (number) *number = value;
+      return {static_cast<float>(value), nullptr};
     }
-    add(0, first, name);
+    PyErr_Clear();
   }
-
-  const at::Device& device() const { return device_; }
-  bool on_cuda() const { return device_.is_cuda(); }
-
-  // List l of the bucket: same length, device, shapes as the first list; one dtype; contiguous.
-  void add(int l, const TensorList& ts, const char* name) {
-    TORCH_CHECK(ts.size() == records_.size(), "cpp backend: ", name, " has ", ts.size(),
-                " tensors, expected ", records_.size());
-    for (size_t i = 0; i < ts.size(); ++i) {
-      const at::Tensor& t = ts[i];
-      TORCH_CHECK(t.device() == device_, "cpp backend: tensor ", i, " of ", name, " is on ", t.device(),
-                  ", expected ", device_);
-      TORCH_CHECK(t.numel() == records_[i].numel, "cpp backend: tensor ", i, " of ", name, " has ",
-                  t.numel(), " elements, expected ", records_[i].numel);
-      // Ops run in memory order, so any dense layout works (channels_last weights too) as long
-      // as every list lays tensor i out the same way.
-      TORCH_CHECK(t.is_non_overlapping_and_dense(), "cpp backend: tensor ", i, " of ", name,
-                  " is not dense (a view with gaps or overlaps)");
-      if (l == 0) strides_.push_back(t.strides().vec());
-      TORCH_CHECK(same_layout(t, strides_[i]), "cpp backend: tensor ", i, " of ", name, " has strides ",
-                  t.strides(), ", the first list has ", c10::IntArrayRef(strides_[i]));
-      const DType dtype = dtype_of(t, name, i);
-      TORCH_CHECK(i == 0 || dtype == dtypes_[l], "cpp backend: ", name, " mixes dtypes (tensor ", i,
-                  " is ", t.scalar_type(), ")");
-      dtypes_[l] = dtype;
-      records_[i].ptr[l] = reinterpret_cast<int64_t>(t.data_ptr());
-    }
-  }
-
-  void add(int l, const OptionalList& ts, const char* name) {
-    if (ts) add(l, *ts, name);
-  }
-
-  // GC rows: row length numel / shape[0] for flagged, non-empty tensors.
-  void centralize(const Flags& flags, const TensorList& shapes) {
-    if (!flags) return;
-    TORCH_CHECK(flags->size() == records_.size(), "cpp backend: centralize has ", flags->size(),
-                " flags for ", records_.size(), " tensors");
-    for (size_t i = 0; i < records_.size(); ++i) {
-      if (!(*flags)[i] || records_[i].numel == 0) continue;
-      const at::Tensor& t = shapes[i];
-      const int64_t row_len = records_[i].numel / t.size(0);
-      // A GC row is a run of memory: dim 0 must be the outermost dimension.
-      TORCH_CHECK(t.size(0) == 1 || t.stride(0) == row_len, "cpp backend: tensor ", i,
-                  " cannot be centralized in memory order: dim 0 is not its outermost dimension (strides ",
-                  t.strides(), ")");
-      records_[i].row_len = row_len;
-    }
-  }
-
-  void set_aux(size_t i, int64_t value) { records_[i].aux = value; }
-
-  // A scalar argument: a python number, or a one-element tensor read on the bucket's device.
-  Scalar scalar(const py::handle& obj, const char* name) {
-    if (THPVariable_Check(obj.ptr())) return {0.0f, tensor_scalar(THPVariable_Unpack(obj.ptr()), name)};
-    return {py::cast<float>(obj), nullptr};
-  }
-
-  const float* tensor_scalar(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.numel() == 1, "cpp backend: ", name, " must be a number or a one-element tensor, got shape ",
-                t.sizes());
-    keep_.push_back(t.to(device_, at::kFloat).contiguous());
-    return keep_.back().data_ptr<float>();
-  }
-
-  const float* optional_scalar(const std::optional<at::Tensor>& t, const char* name) {
-    return t ? tensor_scalar(*t, name) : nullptr;
-  }
-
-  // The finished description; on CUDA the tables are copied to the device without waiting.
-  Bucket finish() {
-    items_.clear();
-    append_work_items(records_, items_);
-    Bucket bucket{records_.data(), items_.data(), static_cast<int64_t>(records_.size()),
-                  static_cast<int64_t>(items_.size()), {}};
-    for (int l = 0; l < kMaxLists; ++l) bucket.dtype[l] = dtypes_[l];
-    if (on_cuda()) {
-      const int64_t n_rec = static_cast<int64_t>(records_.size() * sizeof(TensorRecord) / sizeof(int64_t));
-      const int64_t n_items = static_cast<int64_t>(items_.size() * sizeof(WorkItem) / sizeof(int64_t));
-      at::Tensor host = at::empty({n_rec + n_items}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-      std::memcpy(host.data_ptr<int64_t>(), records_.data(), n_rec * sizeof(int64_t));
-      std::memcpy(host.data_ptr<int64_t>() + n_rec, items_.data(), n_items * sizeof(int64_t));
-      keep_.push_back(host.to(device_, /*non_blocking=*/true));
-      const int64_t* dev = keep_.back().data_ptr<int64_t>();
-      bucket.tensors = reinterpret_cast<const TensorRecord*>(dev);
-      bucket.items = reinterpret_cast<const WorkItem*>(dev + n_rec);
-    }
-    return bucket;
-  }
-
-  at::Tensor empty_floats(int64_t n) const {
-    return at::empty({n}, at::TensorOptions().dtype(at::kFloat).device(device_));
-  }
-
- private:
-  at::Device device_;
-  std::vector<TensorRecord> records_;
-  std::vector<WorkItem> items_;
-  std::vector<std::vector<int64_t>> strides_;  // of the first list's tensors
-  DType dtypes_[kMaxLists] = {};
-  std::vector<at::Tensor> keep_;
-};
-
-[[maybe_unused]] void* as_stream(int64_t stream) { return reinterpret_cast<void*>(stream); }
-
-// Runs the CPU implementation or, on CUDA, the CUDA one (which exists only in CUDA builds).
-#ifdef FLATMIN_WITH_CUDA
-#define FLATMIN_DISPATCH(builder, cpu_call, cuda_call) \
-  do {                                                 \
-    if ((builder).on_cuda()) {                         \
-      cuda_call;                                       \
-    } else {                                           \
-      cpu_call;                                        \
-    }                                                  \
-  } while (0)
-#else
-#define FLATMIN_DISPATCH(builder, cpu_call, cuda_call) \
-  do {                                                 \
-    cpu_call;                                          \
-  } while (0)
-#endif
-
-// --------------------------------------------------------------------------- ops
-
-at::Tensor sumsq(const TensorList& xs, const OptionalList& weights, const Flags& centralize, int64_t stream) {
-  BucketBuilder bb(xs, "tensors");
-  bb.add(lists::kSumsqW, weights, "weights");
-  bb.centralize(centralize, xs);
-  c10::DeviceGuard guard(bb.device());
-  const SumsqArgs args{weights.has_value()};
-  const Bucket bucket = bb.finish();
-  at::Tensor out = bb.empty_floats(bucket.ntensors);
-  FLATMIN_DISPATCH(bb, cpu::sumsq(bucket, args, out.data_ptr<float>()), {
-    at::Tensor partials = bb.empty_floats(std::max<int64_t>(bucket.nitems, 1));
-    cuda::sumsq(bucket, args, partials.data_ptr<float>(), out.data_ptr<float>(), as_stream(stream));
-  });
-  return out;
+  throw py::value_error(std::string(name) + " must be a number, a one-element float32 tensor on " + where(t) +
+                        ", or a (number, tensor) pair");
 }
 
-at::Tensor dot(const TensorList& xs, const TensorList& ys, int64_t stream) {
-  BucketBuilder bb(xs, "xs");
-  bb.add(lists::kDotY, ys, "ys");
-  c10::DeviceGuard guard(bb.device());
-  const Bucket bucket = bb.finish();
-  at::Tensor out = bb.empty_floats(bucket.ntensors);
-  FLATMIN_DISPATCH(bb, cpu::dot(bucket, out.data_ptr<float>()), {
-    at::Tensor partials = bb.empty_floats(std::max<int64_t>(bucket.nitems, 1));
-    cuda::dot(bucket, partials.data_ptr<float>(), out.data_ptr<float>(), as_stream(stream));
-  });
-  return out;
+// found_inf and grad_scale: None or a 1-element fp32 tensor on the table's device.
+const float* optional_tensor(const Table& t, py::handle obj, const char* name) {
+  if (obj.is_none()) return nullptr;
+  if (!THPVariable_Check(obj.ptr()))
+    throw py::value_error(std::string(name) + " must be None or a one-element float32 tensor on " + where(t));
+  return static_cast<const float*>(scalar_tensor(t, obj, name, at::kFloat));
 }
 
-void perturb(const TensorList& params, const TensorList& directions, const py::object& scale,
-             const OptionalList& save_to, const OptionalList& base, const Flags& centralize, bool adaptive,
-             const std::optional<at::Tensor>& found_inf, int64_t stream) {
-  BucketBuilder bb(params, "params");
-  bb.add(lists::kPerturbD, directions, "directions");
-  bb.add(lists::kPerturbBase, base, "base");
-  bb.add(lists::kPerturbSave, save_to, "save_to");
-  if (save_to) {
-    for (size_t i = 0; i < params.size(); ++i)
-      TORCH_CHECK((*save_to)[i].scalar_type() == params[i].scalar_type(),
-                  "cpp backend: save_to must have the params' dtype (an exact backup)");
+// Noise step: a python int (its low 32 bits), or a 1-element int64 tensor on the device.
+StepCounter step_counter(const Table* t, const at::Device& device, py::handle obj) {
+  if (THPVariable_Check(obj.ptr())) {
+    const at::Tensor& x = THPVariable_Unpack(obj.ptr());
+    if (x.numel() != 1 || x.scalar_type() != at::kLong || x.device() != device ||
+        x.unsafeGetTensorImpl()->is_python_dispatch())
+      throw py::value_error("step must be a python int or a one-element int64 tensor on " +
+                            (t ? where(*t) : std::string(c10::DeviceTypeName(device.type(), true))));
+    return {0u, static_cast<const int64_t*>(x.unsafeGetTensorImpl()->mutable_data())};
   }
-  bb.centralize(centralize, params);
-  c10::DeviceGuard guard(bb.device());
-  const PerturbArgs args{bb.scalar(scale, "scale"), adaptive, bb.optional_scalar(found_inf, "found_inf")};
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::perturb(bucket, args), cuda::perturb(bucket, args, as_stream(stream)));
+  if (!PyLong_Check(obj.ptr())) throw py::value_error("step must be a python int or a one-element int64 tensor");
+  return {static_cast<uint32_t>(PyLong_AsUnsignedLongLongMask(obj.ptr())), nullptr};
 }
 
-void noise(const TensorList& params, const py::object& coef, uint64_t seed, int64_t step, int64_t sample,
-           const std::vector<int64_t>& offsets, const OptionalList& base, const std::optional<at::Tensor>& found_inf,
-           int64_t stream) {
-  BucketBuilder bb(params, "params");
-  bb.add(lists::kNoiseBase, base, "base");
-  TORCH_CHECK(offsets.size() == params.size(), "cpp backend: ", offsets.size(), " offsets for ", params.size(),
-              " params");
-  for (size_t i = 0; i < offsets.size(); ++i) bb.set_aux(i, offsets[i]);
-  c10::DeviceGuard guard(bb.device());
-  const NoiseArgs args{bb.scalar(coef, "coef"), seed, static_cast<uint32_t>(step), static_cast<uint32_t>(sample),
-                       bb.optional_scalar(found_inf, "found_inf")};
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::noise(bucket, args), cuda::noise(bucket, args, as_stream(stream)));
+uint32_t low_word(py::handle obj, const char* name) {
+  if (!PyLong_Check(obj.ptr())) throw py::value_error(std::string(name) + " must be a python int");
+  return static_cast<uint32_t>(PyLong_AsUnsignedLongLongMask(obj.ptr()));
 }
 
-void philox(at::Tensor& out, uint64_t seed, int64_t step, int64_t sample, uint64_t offset, int64_t stream) {
-  TORCH_CHECK(out.scalar_type() == at::kLong && out.dim() == 2 && out.size(1) == 4 && out.is_contiguous(),
-              "cpp backend: philox needs a contiguous (n, 4) int64 output");
-  TORCH_CHECK(out.is_cpu() || kBuiltWithCuda, "cpp backend: built without CUDA");
-  c10::DeviceGuard guard(out.device());
-  const PhiloxArgs args{out.size(0), offset, seed, static_cast<uint32_t>(step), static_cast<uint32_t>(sample),
-                        out.data_ptr<int64_t>()};
-  if (args.n == 0) return;
-#ifdef FLATMIN_WITH_CUDA
-  if (out.is_cuda()) {
-    cuda::philox(args, as_stream(stream));
+List optional_list(Table& t, const py::object& name) {
+  return name.is_none() ? List{} : t.list(name.cast<std::string>());
+}
+
+// Where a reduction goes: out (1-D fp32 on the table's device), nvalues slots from index, and the
+// epilogue: None or (kind, eps, gamma, slot, inf, inf_accumulate) from cpp_backend.py.
+Reduction reduction(const Table& t, const at::Tensor& out, int64_t index, bool accumulate, int nvalues,
+                    const py::object& epilogue) {
+  if (out.dim() != 1 || out.scalar_type() != at::kFloat || out.device() != t.device() ||
+      out.unsafeGetTensorImpl()->is_python_dispatch())
+    throw py::value_error("out must be a 1-D float32 tensor on " + where(t));
+  Reduction red{out.data_ptr<float>(), out.stride(0), index, nvalues, accumulate, {}};
+  const int64_t size = out.size(0);
+  auto check = [&](int64_t i, const char* what) {
+    if (i < 0 || i >= size)
+      throw py::index_error(std::string(what) + " " + std::to_string(i) + " is out of range for out of size " +
+                            std::to_string(size));
+  };
+  check(index, "index");
+  check(index + nvalues - 1, "index");
+  red.epilogue.kind = Epilogue::kNone;
+  if (!epilogue.is_none()) {
+    const py::tuple e = epilogue.cast<py::tuple>();
+    red.epilogue.kind = e[0].cast<int32_t>();
+    red.epilogue.eps = e[1].cast<float>();
+    red.epilogue.gamma = e[2].cast<float>();
+    red.epilogue.slot = e[3].cast<int64_t>();
+    red.epilogue.inf = e[4].cast<int64_t>();
+    red.epilogue.inf_accumulate = e[5].cast<bool>();
+    check(red.epilogue.slot, "epilogue slot");
+    check(red.epilogue.inf, "epilogue slot");
+    if (red.epilogue.kind == Epilogue::kRatio) check(index + 1, "index");
+  }
+  return red;
+}
+
+// Runs one call: the bucket of `lists` (lists[l] is the op's list l), then `cpu(bucket)` or, on
+// CUDA, `cuda(bucket, stream)` under a guard of the table's device. Every list is read (and
+// checked) before anything runs, so a stale table writes nothing.
+template <class Cpu, class Cuda>
+void run(Table& t, const List* lists, int nlists, uint32_t written, const Cpu& cpu, const Cuda& cuda) {
+  if (t.device().is_cpu()) {
+    const Bucket bucket = t.bucket(lists, nlists, written);
+    py::gil_scoped_release no_gil;
+    cpu(bucket);
     return;
   }
+#ifdef FLATMIN_WITH_CUDA
+  c10::DeviceGuard guard(t.device());
+  const Bucket bucket = t.bucket(lists, nlists, written);
+  cuda(bucket, t.current_stream().native_handle());
+#else
+  (void)cuda;
 #endif
-  cpu::philox(args);
 }
 
-void step_sgd(const TensorList& params, const TensorList& grads, const OptionalList& momentum_buffers,
-              const py::object& lr, double weight_decay, double momentum, double dampening, bool nesterov,
-              bool maximize, bool init_buffers, const Flags& centralize, const OptionalList& backups,
-              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-              int64_t stream) {
-  BucketBuilder bb(params, "params");
-  bb.add(lists::kSgdG, grads, "grads");
-  TORCH_CHECK(momentum == 0 || momentum_buffers, "cpp backend: momentum needs momentum_buffers");
-  if (momentum != 0) bb.add(lists::kSgdBuf, momentum_buffers, "momentum_buffers");
-  bb.add(lists::kSgdBackup, backups, "backups");
-  bb.centralize(centralize, params);
-  c10::DeviceGuard guard(bb.device());
-  const SgdHyper h{static_cast<float>(weight_decay), static_cast<float>(momentum),
-                   static_cast<float>(1.0 - dampening), nesterov, maximize, init_buffers, momentum != 0};
-  const SgdArgs args{h, bb.scalar(lr, "lr"), bb.optional_scalar(grad_scale, "grad_scale"),
-                     bb.optional_scalar(found_inf, "found_inf")};
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::step_sgd(bucket, args), cuda::step_sgd(bucket, args, as_stream(stream)));
+// fp32 scratch for CUDA reductions: nvalues partials per work item.
+[[maybe_unused]] at::Tensor partials(const Table& t, const Bucket& bucket, int nvalues) {
+  return at::empty({std::max<int64_t>(1, bucket.nitems * nvalues)},
+                   at::TensorOptions().dtype(at::kFloat).device(t.device()));
 }
 
-void step_adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-               const TensorList& exp_avg_sqs, const OptionalList& max_exp_avg_sqs, const TensorList& steps,
-               const py::object& lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-               bool amsgrad, bool maximize, const Flags& centralize, const OptionalList& backups,
-               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-               int64_t stream) {
-  BucketBuilder bb(params, "params");
-  bb.add(lists::kAdamG, grads, "grads");
-  bb.add(lists::kAdamM, exp_avgs, "exp_avgs");
-  bb.add(lists::kAdamV, exp_avg_sqs, "exp_avg_sqs");
-  TORCH_CHECK(!amsgrad || max_exp_avg_sqs, "cpp backend: amsgrad needs max_exp_avg_sqs");
-  if (amsgrad) bb.add(lists::kAdamVmax, max_exp_avg_sqs, "max_exp_avg_sqs");
-  bb.add(lists::kAdamBackup, backups, "backups");
-  TORCH_CHECK(steps.size() == params.size(), "cpp backend: ", steps.size(), " steps for ", params.size(), " params");
-  for (size_t i = 0; i < steps.size(); ++i) {
-    TORCH_CHECK(steps[i].numel() == 1 && steps[i].scalar_type() == at::kFloat && steps[i].device() == bb.device(),
-                "cpp backend: steps[", i, "] must be a one-element float32 tensor on ", bb.device());
-    bb.set_aux(i, reinterpret_cast<int64_t>(steps[i].data_ptr<float>()));
+constexpr uint32_t bit(int l) { return 1u << l; }
+
+// ---------------------------------------------------------------------------- ops
+
+void sumsq(Table& t, const std::string& x, const py::object& weights, bool centralize, const at::Tensor& out,
+           int64_t index, bool accumulate, const py::object& epilogue) {
+  const List lists[] = {t.list(x), optional_list(t, weights)};
+  const Reduction red = reduction(t, out, index, accumulate, 1, epilogue);
+  const SumsqArgs args{centralize};
+  run(t, lists, 2, 0, [&](const Bucket& b) { cpu::sumsq(b, args, red); },
+      [&](const Bucket& b, void* stream) {
+        at::Tensor scratch = partials(t, b, 1);
+        cuda::sumsq(b, args, red, scratch.data_ptr<float>(), stream);
+      });
+}
+
+void dot(Table& t, const std::string& x, const std::string& y, const at::Tensor& out, int64_t index,
+         bool accumulate) {
+  const List lists[] = {t.list(x), t.list(y)};
+  const Reduction red = reduction(t, out, index, accumulate, 1, py::none());
+  run(t, lists, 2, 0, [&](const Bucket& b) { cpu::dot(b, red); },
+      [&](const Bucket& b, void* stream) {
+        at::Tensor scratch = partials(t, b, 1);
+        cuda::dot(b, red, scratch.data_ptr<float>(), stream);
+      });
+}
+
+void axpby(Table& t, const std::string& y, const std::string& x, py::handle a, py::handle b, bool a_is_zero,
+           const py::object& reduce, const py::object& z, const py::object& weights, const py::object& out,
+           int64_t index, bool accumulate, const py::object& epilogue) {
+  AxpbyArgs args{scalar(t, a, "a"), scalar(t, b, "b"), a_is_zero, AxpbyReduce::kNone};
+  const List lists[] = {t.list(y), t.list(x), optional_list(t, z), optional_list(t, weights)};
+  Reduction red{};
+  if (!reduce.is_none()) {
+    const std::string mode = reduce.cast<std::string>();
+    if (mode != "x" && mode != "y")
+      throw py::value_error("reduce must be None, 'x' or 'y', got '" + mode + "'");
+    args.reduce = mode == "x" ? AxpbyReduce::kX : AxpbyReduce::kY;
+    if (out.is_none()) throw py::value_error("axpby_ with reduce needs out");
+    const int nvalues = args.reduce == AxpbyReduce::kY && !z.is_none() ? 2 : 1;
+    red = reduction(t, out.cast<at::Tensor>(), index, accumulate, nvalues, epilogue);
   }
-  bb.centralize(centralize, params);
-  c10::DeviceGuard guard(bb.device());
-  const float wd = static_cast<float>(weight_decay);
+  run(t, lists, 4, bit(kAxpbyY), [&](const Bucket& bk) { cpu::axpby(bk, args, red); },
+      [&](const Bucket& bk, void* stream) {
+        at::Tensor scratch = partials(t, bk, red.nvalues > 0 ? red.nvalues : 1);
+        cuda::axpby(bk, args, red, scratch.data_ptr<float>(), stream);
+      });
+}
+
+void perturb(Table& t, const std::string& p, const std::string& d, py::handle scale, const py::object& minus,
+             const py::object& base, const py::object& save_to, const py::object& copy_d_to, bool centralize,
+             bool adaptive, py::handle found_inf) {
+  const PerturbArgs args{scalar(t, scale, "scale"), adaptive, centralize, {optional_tensor(t, found_inf, "found_inf")}};
+  const List lists[] = {t.list(p), t.list(d), optional_list(t, minus), optional_list(t, base),
+                        optional_list(t, save_to), optional_list(t, copy_d_to)};
+  run(t, lists, 6, bit(kPerturbP) | bit(kPerturbSave) | bit(kPerturbDCopy),
+      [&](const Bucket& b) { cpu::perturb(b, args); },
+      [&](const Bucket& b, void* stream) { cuda::perturb(b, args, stream); });
+}
+
+void noise(Table& t, const std::string& p, py::handle coef, uint64_t seed, py::handle step, py::handle sample,
+           const py::object& base, py::handle found_inf) {
+  if (t.size() == 0) return;
+  if (!t.has_offsets()) throw py::value_error("noise_ needs a table built with offsets");
+  const NoiseArgs args{scalar(t, coef, "coef"), seed, step_counter(&t, t.device(), step), low_word(sample, "sample"),
+                       {optional_tensor(t, found_inf, "found_inf")}};
+  const List lists[] = {t.list(p), optional_list(t, base)};
+  run(t, lists, 2, bit(kNoiseP), [&](const Bucket& b) { cpu::noise(b, args); },
+      [&](const Bucket& b, void* stream) { cuda::noise(b, args, stream); });
+}
+
+void philox(at::Tensor& out, uint64_t seed, py::handle step, py::handle sample, uint64_t offset) {
+  TORCH_CHECK(out.scalar_type() == at::kLong && out.dim() == 2 && out.size(1) == 4 && out.is_contiguous(),
+              "cpp backend: philox needs a contiguous (n, 4) int64 output");
+  if (!(out.is_cpu() || (out.is_cuda() && kBuiltWithCuda)))
+    throw py::value_error("the cpp backend's philox runs on cpu" + std::string(kBuiltWithCuda ? " and cuda" : ""));
+  const PhiloxArgs args{out.size(0), offset, seed, step_counter(nullptr, out.device(), step), low_word(sample, "sample"),
+                        out.data_ptr<int64_t>()};
+  if (args.n == 0) return;
+  if (out.is_cpu()) {
+    py::gil_scoped_release no_gil;
+    cpu::philox(args);
+    return;
+  }
+#ifdef FLATMIN_WITH_CUDA
+  c10::DeviceGuard guard(out.device());
+  cuda::philox(args, c10::impl::getDeviceGuardImpl(out.device().type())->getStream(out.device()).native_handle());
+#endif
+}
+
+DirectionArgs direction_args(const Table& t, py::handle g_coef, py::handle g2_coef, py::handle grad_scale, bool maximize) {
+  return {scalar(t, g_coef, "g_coef"), scalar(t, g2_coef, "g2_coef"), optional_tensor(t, grad_scale, "grad_scale"),
+          maximize};
+}
+
+void step_sgd(Table& t, const std::string& p, const std::string& g, const py::object& buf, py::handle lr,
+              double weight_decay, double momentum, double dampening, bool nesterov, bool maximize, bool init_buffers,
+              bool centralize, const py::object& backup, const py::object& g2, py::handle g_coef, py::handle g2_coef,
+              py::handle grad_scale, py::handle found_inf) {
+  if (momentum != 0 && buf.is_none()) throw py::value_error("step_sgd_ with momentum needs buf");
+  const SgdHyper h{static_cast<float>(weight_decay), static_cast<float>(momentum),
+                   static_cast<float>(1.0 - dampening), nesterov, init_buffers, momentum != 0};
+  const SgdArgs args{h, scalar(t, lr, "lr"), direction_args(t, g_coef, g2_coef, grad_scale, maximize), centralize,
+                     {optional_tensor(t, found_inf, "found_inf")}};
+  const List lists[] = {t.list(p), t.list(g), optional_list(t, g2), momentum != 0 ? t.list(buf.cast<std::string>()) : List{},
+                        optional_list(t, backup)};
+  run(t, lists, 5, bit(kSgdP) | bit(kSgdBuf), [&](const Bucket& b) { cpu::step_sgd(b, args); },
+      [&](const Bucket& b, void* stream) { cuda::step_sgd(b, args, stream); });
+}
+
+void step_adam(Table& t, const std::string& p, const std::string& g, const std::string& m, const std::string& v,
+               const py::object& vmax, const std::string& steps, py::handle lr, double beta1, double beta2, double eps,
+               double weight_decay, bool decoupled, bool amsgrad, bool maximize, bool centralize,
+               const py::object& backup, const py::object& g2, py::handle g_coef, py::handle g2_coef,
+               py::handle grad_scale, py::handle found_inf) {
+  if (amsgrad && vmax.is_none()) throw py::value_error("step_adam_ with amsgrad needs vmax");
   const AdamHyper h{beta1, beta2, static_cast<float>(1.0 - beta1), static_cast<float>(1.0 - beta2),
-                    static_cast<float>(beta2), static_cast<float>(eps), maximize ? -1.0f : 1.0f,
-                    decoupled ? 0.0f : wd, decoupled ? wd : 0.0f, amsgrad};
-  const AdamArgs args{h, bb.scalar(lr, "lr"), bb.optional_scalar(grad_scale, "grad_scale"),
-                      bb.optional_scalar(found_inf, "found_inf")};
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::step_adam(bucket, args), cuda::step_adam(bucket, args, as_stream(stream)));
+                    static_cast<float>(beta2), static_cast<float>(eps), static_cast<float>(weight_decay), decoupled};
+  double lr_number = 0.0;
+  const Scalar lr_scalar = scalar(t, lr, "lr", &lr_number);
+  const AdamArgs args{h, lr_scalar, lr_number, direction_args(t, g_coef, g2_coef, grad_scale, maximize), amsgrad,
+                      centralize, {optional_tensor(t, found_inf, "found_inf")}};
+  const List lists[] = {t.list(p), t.list(g), optional_list(t, g2), t.list(m), t.list(v),
+                        amsgrad ? t.list(vmax.cast<std::string>()) : List{}, optional_list(t, backup), t.list(steps)};
+  if (t.size() > 0 && !t.is_scalar_slot(lists[kAdamSteps].slot))
+    throw py::value_error("steps must name a slot bound with bind_scalars (one-element float32 tensors)");
+  run(t, lists, 8, bit(kAdamP) | bit(kAdamM) | bit(kAdamV) | bit(kAdamVmax) | bit(kAdamSteps),
+      [&](const Bucket& b) { cpu::step_adam(b, args); },
+      [&](const Bucket& b, void* stream) { cuda::step_adam(b, args, stream); });
 }
 
-void centralize(const TensorList& tensors, const std::vector<bool>& flags, int64_t stream) {
-  TORCH_CHECK(flags.size() == tensors.size(), "cpp backend: centralize has ", flags.size(), " flags for ",
-              tensors.size(), " tensors");
-  TensorList flagged;  // only the tensors to centre take part
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (flags[i] && tensors[i].numel() > 0) flagged.push_back(tensors[i]);
-  if (flagged.empty()) return;
-  BucketBuilder bb(flagged, "tensors");
-  bb.centralize(std::vector<bool>(flagged.size(), true), flagged);
-  c10::DeviceGuard guard(bb.device());
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::centralize(bucket), cuda::centralize(bucket, as_stream(stream)));
+void centralize(Table& t, const std::string& x) {
+  const List lists[] = {t.list(x)};
+  run(t, lists, 1, bit(kCentralizeX), [&](const Bucket& b) { cpu::centralize(b); },
+      [&](const Bucket& b, void* stream) { cuda::centralize(b, stream); });
 }
 
-void axpby(const TensorList& ys, const TensorList& xs, const py::object& a, const py::object& b, bool a_is_zero,
-           int64_t stream) {
-  BucketBuilder bb(ys, "ys");
-  bb.add(lists::kAxpbyX, xs, "xs");
-  c10::DeviceGuard guard(bb.device());
-  const AxpbyArgs args{bb.scalar(a, "a"), bb.scalar(b, "b"), a_is_zero};
-  const Bucket bucket = bb.finish();
-  FLATMIN_DISPATCH(bb, cpu::axpby(bucket, args), cuda::axpby(bucket, args, as_stream(stream)));
+// The normals of the active CPU instruction set, for tests: (ncalls * 4,) fp32.
+at::Tensor cpu_normals(uint64_t first_call, int64_t ncalls, uint64_t seed, int64_t step, int64_t sample) {
+  at::Tensor out = at::empty({ncalls * 4 + 64}, at::TensorOptions().dtype(at::kFloat));
+  cpu::normals(first_call, ncalls, seed, static_cast<uint32_t>(step), static_cast<uint32_t>(sample),
+               out.data_ptr<float>());
+  return out.narrow(0, 0, ncalls * 4);
 }
 
 }  // namespace
@@ -354,13 +312,41 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace flatmin;
   m.doc() = "flatmin_kernels compiled ops (see flatmin_kernels/backends/contract.py); called by cpp_backend.py";
   m.attr("with_cuda") = py::bool_(kBuiltWithCuda);
+
+  // StaleTableError -> the contract's StaleTable (the host path catches that class and rebuilds).
+  // (Kept for the life of the process: a static py::object would be released after Python.)
+  static PyObject* stale_table =
+      py::object(py::module_::import("flatmin_kernels.backends.contract").attr("StaleTable")).release().ptr();
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StaleTableError& e) {
+      PyErr_SetString(stale_table, e.what());
+    }
+  });
+
+  py::class_<Table>(m, "Table", "A bucket's tensors prepared once (contract v2); see csrc/table.h.")
+      .def(py::init<const py::sequence&, const py::object&, const py::object&>(), py::arg("tensors"), py::kw_only(),
+           py::arg("gc_rows") = py::none(), py::arg("offsets") = py::none())
+      .def("bind", &Table::bind, py::arg("name"), py::arg("tensors"))
+      .def("bind_scalars", &Table::bind_scalars, py::arg("name"), py::arg("tensors"))
+      .def("bind_grads", &Table::bind_grads, py::arg("name") = "grad")
+      .def("refresh", &Table::refresh, py::arg("grads") = true)
+      .def("get", &Table::get, py::arg("name"), "The current tensors of a slot (gradients read now).")
+      .def("stats", &Table::stats, "Counters: builds, list_conversions, address_changes, uploads.")
+      .def_property_readonly("device", [](const Table& t) { return t.device(); });
+
   m.def("sumsq", &sumsq);
   m.def("dot", &dot);
+  m.def("axpby_", &axpby);
   m.def("perturb_", &perturb);
   m.def("noise_", &noise);
   m.def("philox_", &philox);
   m.def("step_sgd_", &step_sgd);
   m.def("step_adam_", &step_adam);
   m.def("centralize_", &centralize);
-  m.def("axpby_", &axpby);
+  m.def("cpu_isa", &cpu::isa, "The instruction set of the CPU loops (avx512, avx2 or baseline).");
+  m.def("set_cpu_isa", [](const std::string& name) { return cpu::set_isa(name.c_str()); },
+        "Use a lower instruction set (tests); False if this CPU lacks it.");
+  m.def("cpu_normals", &cpu_normals, "The contract's normals of Philox calls, by the CPU vector math (tests).");
 }

@@ -1,9 +1,11 @@
 """The ``cpp`` backend: every op of the contract in the compiled extension ``flatmin_kernels._C``.
 
 The kernels live in csrc/: one set of per-element math (csrc/include/flatmin) compiled into
-multi-tensor CPU loops and, in a CUDA build, chunked CUDA kernels. This module only adapts
-arguments: it hands the extension the tensor lists, python numbers or 0-d tensors for scalars,
-and the current CUDA stream. See :mod:`flatmin_kernels.backends.contract` for the semantics.
+multi-tensor CPU loops (once per instruction set, AVX-512 / AVX2 / baseline, chosen at run time)
+and, in a CUDA build, chunked CUDA kernels. :class:`Table` is the C++ table of csrc/table.h: it
+holds the slot lists in C++ and reads every tensor's address (gradients included) there at each
+op, so an op call converts no Python list. This module only adapts the contract's keyword
+signatures; see :mod:`flatmin_kernels.backends.contract` for the semantics.
 
 When the extension is missing (not built, or built for another torch) the package still
 works on its other backends: :func:`available` says why, and one warning is issued.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import warnings
 
 import torch
+
+from .contract import InvNorm, Ratio
 
 name = "cpp"
 
@@ -25,25 +29,54 @@ except ImportError as exc:  # not built (FLATMIN_BUILD_EXT=0) or built against a
 else:
     _IMPORT_ERROR = None
 
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
 
 def available() -> tuple[bool, str]:
     if _C is None:
         return False, _IMPORT_ERROR
-    return True, "compiled extension flatmin_kernels._C (" + ("CPU and CUDA" if _C.with_cuda else "CPU only") + ")"
+    where = "CPU and CUDA" if _C.with_cuda else "CPU only"
+    return True, f"compiled extension flatmin_kernels._C ({where}; CPU loops: {_C.cpu_isa()})"
 
 
-def supports(device: torch.device) -> bool:
+def supports(device) -> bool:
     device = torch.device(device)
     return _C is not None and (device.type == "cpu" or (device.type == "cuda" and _C.with_cuda))
 
 
-def _stream(device: torch.device) -> int:
-    """The raw handle of the current CUDA stream of ``device`` (0 on the CPU); no synchronisation."""
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+def serves(tensor: torch.Tensor, gc: bool = False) -> bool:
+    """fp32/bf16/fp16 plain tensors (or nn.Parameters), dense, on the CPU or (CUDA builds) CUDA;
+    with ``gc``, dim 0 must be the outermost dimension in memory."""
+    if type(tensor) not in _PLAIN_TYPES or tensor.layout != torch.strided or tensor.dtype not in _DTYPES:
+        return False
+    if tensor.is_meta or not supports(tensor.device) or not tensor.is_non_overlapping_and_dense():
+        return False
+    if gc:
+        if tensor.dim() == 0:
+            return False
+        rows = tensor.shape[0]
+        return rows <= 1 or tensor.numel() == 0 or tensor.stride(0) == tensor.numel() // rows
+    return True
 
 
-def _flags(centralize):
-    return None if centralize is None else [bool(f) for f in centralize]
+if _C is not None:
+    Table = _C.Table
+else:
+    class Table:  # noqa: D101 - only so that the module defines the contract's names
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(f"the cpp backend is unavailable: {_IMPORT_ERROR}")
+
+
+def _epilogue(epilogue):
+    """The epilogue as the extension takes it: (kind, eps, gamma, slot, inf, inf_accumulate)."""
+    if epilogue is None:
+        return None
+    if isinstance(epilogue, InvNorm):
+        return (1, epilogue.eps, 0.0, epilogue.inv, epilogue.inf, epilogue.inf_accumulate)
+    if isinstance(epilogue, Ratio):
+        return (2, epilogue.eps, epilogue.gamma, epilogue.coef, epilogue.inf, epilogue.inf_accumulate)
+    raise TypeError(f"unknown epilogue {epilogue!r}")
 
 
 def _check_seed(seed: int):
@@ -54,39 +87,30 @@ def _check_seed(seed: int):
 # ----------------------------------------------------------------------------- reductions
 
 
-def sumsq(tensors, *, weights=None, centralize=None):
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float32)
-    return _C.sumsq(list(tensors), weights, _flags(centralize), _stream(tensors[0].device))
+def sumsq(t, x, *, weights=None, centralize=False, out, index=0, accumulate=False, epilogue=None):
+    _C.sumsq(t, x, weights, centralize, out, index, accumulate, _epilogue(epilogue))
 
 
-def dot(xs, ys):
-    if not xs:
-        return torch.zeros(0, dtype=torch.float32)
-    return _C.dot(list(xs), list(ys), _stream(xs[0].device))
+def dot(t, x, y, *, out, index=0, accumulate=False):
+    _C.dot(t, x, y, out, index, accumulate)
 
 
 # ----------------------------------------------------------------------------- element-wise
 
 
-def centralize_(tensors, centralize):
-    if tensors:
-        _C.centralize_(list(tensors), _flags(centralize), _stream(tensors[0].device))
+def centralize_(t, x):
+    _C.centralize_(t, x)
 
 
-def axpby_(ys, xs, a, b):
-    if not ys:
-        return
-    a_is_zero = not torch.is_tensor(a) and a == 0
-    _C.axpby_(list(ys), list(xs), a, b, a_is_zero, _stream(ys[0].device))
+def axpby_(t, y, x, a, b, *, reduce=None, z=None, weights=None, out=None, index=0, accumulate=False,
+           epilogue=None):
+    a_is_zero = type(a) in (int, float) and a == 0
+    _C.axpby_(t, y, x, a, b, a_is_zero, reduce, z, weights, out, index, accumulate, _epilogue(epilogue))
 
 
-def perturb_(params, directions, scale, *, save_to=None, base=None, centralize=None,
+def perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=None, centralize=False,
              adaptive=False, found_inf=None):
-    if not params:
-        return
-    _C.perturb_(list(params), list(directions), scale, save_to, base, _flags(centralize),
-                bool(adaptive), found_inf, _stream(params[0].device))
+    _C.perturb_(t, p, d, scale, minus, base, save_to, copy_d_to, centralize, adaptive, found_inf)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -94,39 +118,26 @@ def perturb_(params, directions, scale, *, save_to=None, base=None, centralize=N
 
 def philox(n, *, seed, step, sample, offset, device="cpu"):
     _check_seed(seed)
-    device = torch.device(device)
     out = torch.empty((n, 4), dtype=torch.int64, device=device)
-    _C.philox_(out, seed, step & 0xFFFFFFFF, sample & 0xFFFFFFFF, offset, _stream(device))
+    _C.philox_(out, seed, step, sample, offset)
     return out
 
 
-def noise_(params, coef, *, seed, step, sample, offsets, base=None, found_inf=None):
-    if not params:
-        return
+def noise_(t, p, coef, *, seed, step, sample, base=None, found_inf=None):
     _check_seed(seed)
-    _C.noise_(list(params), coef, seed, step & 0xFFFFFFFF, sample & 0xFFFFFFFF, [int(o) for o in offsets],
-              base, found_inf, _stream(params[0].device))
+    _C.noise_(t, p, coef, seed, step, sample, base, found_inf)
 
 
 # ----------------------------------------------------------------------------- base updates
 
 
-def step_sgd_(params, grads, momentum_buffers, *, lr, weight_decay, momentum, dampening,
-              nesterov, maximize, init_buffers=False, centralize=None, backups=None,
-              grad_scale=None, found_inf=None):
-    if not params:
-        return
-    _C.step_sgd_(list(params), list(grads), momentum_buffers, lr, float(weight_decay), float(momentum),
-                 float(dampening), bool(nesterov), bool(maximize), bool(init_buffers), _flags(centralize),
-                 backups, grad_scale, found_inf, _stream(params[0].device))
+def step_sgd_(t, p, g, buf, *, lr, weight_decay, momentum, dampening, nesterov, maximize, init_buffers=False,
+              centralize=False, backup=None, g2=None, g_coef=1.0, g2_coef=1.0, grad_scale=None, found_inf=None):
+    _C.step_sgd_(t, p, g, buf, lr, weight_decay, momentum, dampening, nesterov, maximize, init_buffers, centralize,
+                 backup, g2, g_coef, g2_coef, grad_scale, found_inf)
 
 
-def step_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
-               beta2, eps, weight_decay, decoupled, amsgrad, maximize, centralize=None,
-               backups=None, grad_scale=None, found_inf=None):
-    if not params:
-        return
-    _C.step_adam_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), max_exp_avg_sqs, list(steps),
-                  lr, float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
-                  bool(amsgrad), bool(maximize), _flags(centralize), backups, grad_scale, found_inf,
-                  _stream(params[0].device))
+def step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+               centralize=False, backup=None, g2=None, g_coef=1.0, g2_coef=1.0, grad_scale=None, found_inf=None):
+    _C.step_adam_(t, p, g, m, v, vmax, steps, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                  centralize, backup, g2, g_coef, g2_coef, grad_scale, found_inf)

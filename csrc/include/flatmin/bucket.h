@@ -1,9 +1,10 @@
-// How one op call sees a bucket of tensors, identically on the CPU and on CUDA: a table of
-// per-tensor records and a list of work items, each a run of elements of one tensor.
+// How one op call sees a table's tensors, identically on the CPU and on CUDA: work items (runs of
+// elements of one tensor, built once per table) and, for every list the op reads or writes, an
+// array with one data address per tensor (read again at every call, so gradients re-allocated at
+// the same shapes cost nothing).
 //
-// The binding builds both as one int64 buffer on the host. The CPU build reads it in place;
-// the CUDA build copies it to the device (asynchronously, from pinned memory) and every block
-// reads its own work item from there, so any number of tensors fits in one launch.
+// The CPU build reads host arrays; the CUDA build gets device copies of them, uploaded when a
+// table is built (items, offsets) and when an address changes (the address arrays).
 // Plain C++ only: this header is included by the torch binding, the CPU loops and the .cu files.
 #pragma once
 
@@ -15,54 +16,61 @@
 namespace flatmin {
 
 // Storage dtypes; all math is fp32.
-enum class DType : int64_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+enum class DType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+FLATMIN_HD int dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // Tensor lists one op reads or writes (which list is which is fixed per op, see op_args.h).
-constexpr int kMaxLists = 6;
-
-struct TensorRecord {
-  int64_t ptr[kMaxLists];  // data pointer of this tensor in each list (0: list absent)
-  int64_t numel;
-  int64_t row_len;  // > 0: GC this tensor, rows of row_len elements; 0: no GC
-  int64_t aux;      // op-specific: noise offset, or the address of Adam's step tensor
-  int64_t first_item;  // index of this tensor's first work item (items of a tensor are consecutive)
-};
+constexpr int kMaxLists = 8;
 
 struct WorkItem {
   int64_t tensor;
-  int64_t begin;  // element range [begin, end) of the tensor; whole rows when GC'd
+  int64_t begin;    // element range [begin, end) of the tensor, in memory order
   int64_t end;
-  int64_t unused;  // keeps the record 32 bytes
+  int64_t row_len;  // > 0: the tensor may be centralized; the item holds whole rows of this length
 };
 
 struct Bucket {
-  const TensorRecord* tensors;  // host or device memory, as the implementation expects
   const WorkItem* items;
-  int64_t ntensors;
   int64_t nitems;
+  int64_t ntensors;
+  const int64_t* offsets;           // per tensor: global index of its first element (noise); may be null
+  const int64_t* ptrs[kMaxLists];   // per list: ntensors data addresses; null when the op has no such list
   DType dtype[kMaxLists];
+  // CPU only: first element of every item counted over the whole bucket (items in order), and
+  // the bucket's element count, so threads can split the work by elements rather than items.
+  const int64_t* item_start;
+  int64_t total;
+  // CPU only: lists (bits) the op reads while it writes another list bound to the same slot; the
+  // CPU loops read them from a private copy, as they never let two list pointers alias.
+  uint32_t copy_mask;
 };
 
 // Elements per work item: large enough to amortise per-item overhead, small enough that a
 // 10M-element list gives every CPU core and every GPU SM work.
 constexpr int64_t kChunk = 65536;
 
-// Splits every tensor into work items of about kChunk elements; a GC'd tensor only at row
-// boundaries (at least one row per item), so each item can centre its rows on its own.
-inline void append_work_items(std::vector<TensorRecord>& tensors, std::vector<WorkItem>& items,
-                              int64_t chunk = kChunk) {
-  for (int64_t t = 0; t < static_cast<int64_t>(tensors.size()); ++t) {
-    TensorRecord& r = tensors[t];
-    r.first_item = static_cast<int64_t>(items.size());
-    int64_t step = chunk;
-    if (r.row_len > 0) {
-      const int64_t rows = chunk / r.row_len;
-      step = (rows > 0 ? rows : 1) * r.row_len;
+// Splits every tensor into work items of about kChunk elements; a tensor with rows (row_len > 0)
+// only at row boundaries (at least one row per item), so each item can centre its rows on its own.
+inline void build_work_items(const std::vector<int64_t>& numel, const std::vector<int64_t>& row_len,
+                             std::vector<WorkItem>& items, std::vector<int64_t>& item_start) {
+  items.clear();
+  item_start.clear();
+  int64_t total = 0;
+  for (int64_t t = 0; t < static_cast<int64_t>(numel.size()); ++t) {
+    int64_t step = kChunk;
+    if (row_len[t] > 0) {
+      const int64_t rows = kChunk / row_len[t];
+      step = (rows > 0 ? rows : 1) * row_len[t];
     }
-    for (int64_t b = 0; b < r.numel; b += step) {
-      items.push_back({t, b, b + step < r.numel ? b + step : r.numel, 0});
+    for (int64_t b = 0; b < numel[t]; b += step) {
+      const int64_t e = b + step < numel[t] ? b + step : numel[t];
+      items.push_back({t, b, e, row_len[t]});
+      item_start.push_back(total);
+      total += e - b;
     }
   }
+  item_start.push_back(total);  // one past the last item: the bucket's element count
 }
 
 }  // namespace flatmin

@@ -1,7 +1,12 @@
 // The per-element math of every op of the contract, written once for the CPU and CUDA builds.
 // Every function takes and returns fp32 values: loading from and rounding to the storage dtype
 // is the caller's job, done once per element. The formulas follow the torch reference backend
-// operation by operation, so results agree to the last rounding step.
+// (flatmin_kernels/backends/torch_backend.py) operation by operation, in the same order and
+// without fused multiply-adds (the builds pass -ffp-contract=off / --fmad=false), so results
+// agree with it to the last rounding step wherever the reference rounds the same way.
+//
+// Flags are per call, so the CPU loops keep them as selects (vectorised, never branching) or
+// template parameters; nothing here branches on a value.
 #pragma once
 
 #include <cmath>
@@ -10,40 +15,49 @@
 
 namespace flatmin {
 
-// A scalar argument: a number fixed at the call, or a 0-d fp32 tensor read where it lives
-// (so that a device-computed value never visits the host).
+// A contract scalar: a number fixed at the call, a 1-element fp32 tensor read where it lives (so a
+// value computed on the device never visits the host), or their product (a pair (number, tensor)).
 struct Scalar {
-  float value;
-  const float* ptr;  // nullptr: use value
-  FLATMIN_HD float get() const { return ptr ? *ptr : value; }
+  float value;       // the number; 1 for a lone tensor
+  const float* ptr;  // nullptr: a number
+  FLATMIN_HD float get() const { return ptr ? value * *ptr : value; }
+  FLATMIN_HD bool is_number() const { return ptr == nullptr; }
 };
 
-// found_inf > 0 means "write nothing"; absent means never skip.
-FLATMIN_HD bool should_skip(const float* found_inf) { return found_inf && *found_inf > 0.0f; }
+// found_inf > 0 means skip; absent means never skip.
+struct SkipFlag {
+  const float* ptr;
+  FLATMIN_HD bool get() const { return ptr != nullptr && *ptr > 0.0f; }
+};
 
-// AMP unscale and maximize: g = grad / grad_scale, negated when maximizing.
-FLATMIN_HD float unscaled_grad(float grad, float grad_scale, bool maximize) {
-  const float g = grad / grad_scale;
-  return maximize ? -g : g;
+// --------------------------------------------------------------------------- update direction
+
+// The gradient the base updates see: g_coef * g (+ g2_coef * g2), unscaled, signed. Values, read
+// once per call (CPU) or per block (CUDA); scale is 1 and sign +1 when absent, which is exact.
+struct Direction {
+  float g_coef, g2_coef, grad_scale, sign;
+};
+
+FLATMIN_HD float direction(float g, float g2, const Direction& d, bool has_g2) {
+  float x = g * d.g_coef;
+  if (has_g2) x = x + g2 * d.g2_coef;
+  return (x / d.grad_scale) * d.sign;
 }
 
 // --------------------------------------------------------------------------- SGD
 
 struct SgdHyper {
   float weight_decay, momentum, one_minus_dampening;
-  bool nesterov, maximize, init_buffers, has_momentum;
+  bool nesterov, init_buffers, has_momentum;
 };
 
-// The gradient before GC: unscaled, maximized, plus L2 weight decay on the base weights b.
-FLATMIN_HD float sgd_grad(float grad, float b, float grad_scale, const SgdHyper& h) {
-  float g = unscaled_grad(grad, grad_scale, h.maximize);
-  if (h.weight_decay != 0.0f) g = g + b * h.weight_decay;
-  return g;
+// The gradient before GC: plus L2 weight decay on the base weights b (torch adds nothing at 0).
+FLATMIN_HD float sgd_grad(float dir, float b, const SgdHyper& h) {
+  return h.weight_decay != 0.0f ? dir + b * h.weight_decay : dir;
 }
 
-// From the (centralized) gradient: new momentum buffer (in/out) and new weight.
-// Flags select values rather than guard stores, so a CPU loop over elements has no branch and
-// vectorises; buf is written either way (callers store it back only when momentum is on).
+// From the (centralized) gradient: the new momentum buffer (in/out) and the new weight.
+// buf is written either way (callers store it back only when momentum is on).
 FLATMIN_HD float sgd_update(float g, float b, float& buf, float lr, const SgdHyper& h) {
   const float new_buf = h.init_buffers ? g : buf * h.momentum + g * h.one_minus_dampening;
   const float d = h.has_momentum ? (h.nesterov ? g + new_buf * h.momentum : new_buf) : g;
@@ -53,56 +67,77 @@ FLATMIN_HD float sgd_update(float g, float b, float& buf, float lr, const SgdHyp
 
 // --------------------------------------------------------------------------- Adam / AdamW
 
-// The flags enter the math as factors rather than branches, so the CPU loop vectorises:
-// sign = -1 when maximizing (an exact negation), l2 = weight_decay for Adam and 0 for AdamW,
-// decoupled = weight_decay for AdamW and 0 for Adam (b * (1 - lr * 0) is b exactly).
 struct AdamHyper {
-  double beta1, beta2;  // double: only for the bias corrections, see adam_bias
-  float one_minus_beta1, one_minus_beta2, beta2_f, eps, sign, l2, decoupled;
-  bool amsgrad;  // for the callers: whether vmax is loaded and stored
+  double beta1, beta2;  // double: only for the bias corrections, see adam_step_values
+  float one_minus_beta1, one_minus_beta2, beta2_f, eps, weight_decay;
+  bool decoupled;
 };
 
-// Per-tensor bias corrections for the step about to be taken (step = old step + 1), once per
-// tensor (or work item). In double, like torch.optim: 1 - beta2**t cancels catastrophically in
-// fp32 (1 - 0.999f is off by 1.3e-5), which would shift every Adam update by ~6e-6.
-struct AdamBias {
-  float bias1, bias2_sqrt;
+// What the update needs from a tensor's step count, computed once per tensor (CPU: per item,
+// cached while the step repeats; CUDA: once per block). The bias corrections are taken in double
+// and rounded to fp32, as the reference does: in fp32, 1 - 0.999**1 is off by 1e-5 relative.
+// step_size is lr / bias1 the way the reference rounds it: a python lr multiplies the
+// reciprocal (Tensor.__rtruediv__), a tensor lr divides.
+struct AdamStep {
+  float bias2_sqrt, step_size;
 };
 
-FLATMIN_HD AdamBias adam_bias(float new_step, const AdamHyper& h) {
-  return {static_cast<float>(1.0 - pow(h.beta1, static_cast<double>(new_step))),
-          static_cast<float>(sqrt(1.0 - pow(h.beta2, static_cast<double>(new_step))))};
+FLATMIN_HD AdamStep adam_step_values(float new_step, float lr, bool lr_is_number, const AdamHyper& h) {
+  const float bias1 = static_cast<float>(1.0 - pow(h.beta1, static_cast<double>(new_step)));
+  const float bias2_sqrt = static_cast<float>(sqrt(1.0 - pow(h.beta2, static_cast<double>(new_step))));
+  return {bias2_sqrt, lr_is_number ? (1.0f / bias1) * lr : lr / bias1};
 }
 
-// The gradient before GC: unscaled, maximized, plus L2 decay for Adam (adds b * 0 for AdamW,
-// which only differs from not adding when the weight itself is already inf or nan).
-FLATMIN_HD float adam_grad(float grad, float b, float grad_scale, const AdamHyper& h) {
-  return (grad / grad_scale) * h.sign + b * h.l2;
+// AdamW's decay factor 1 - lr * weight_decay, rounded as the reference rounds it: in double for
+// a python lr, in fp32 for a tensor lr.
+FLATMIN_HD float adam_decay_factor(double lr_number, float lr, bool lr_is_number, float weight_decay) {
+  return lr_is_number ? static_cast<float>(1.0 - lr_number * static_cast<double>(weight_decay))
+                      : 1.0f - lr * weight_decay;
 }
 
-// From the (centralized) gradient: new moments (in/out) and new weight. vmax must be 0 when
-// amsgrad is off: then max(vmax, v) is v, as v >= 0 (and a nan v still propagates).
-FLATMIN_HD float adam_update(float g, float b, float& m, float& v, float& vmax, float lr,
-                             AdamBias bias, const AdamHyper& h) {
-  b = b * (1.0f - lr * h.decoupled);
+// Adam's L2 decay on the gradient (torch adds nothing when weight_decay is 0).
+FLATMIN_HD float adam_grad(float dir, float b, const AdamHyper& h) {
+  return (!h.decoupled && h.weight_decay != 0.0f) ? dir + b * h.weight_decay : dir;
+}
+
+// AdamW's decoupled decay on the base weights.
+FLATMIN_HD float adam_base(float b, float decay, const AdamHyper& h) {
+  return (h.decoupled && h.weight_decay != 0.0f) ? b * decay : b;
+}
+
+// torch.maximum: nan if either is nan.
+FLATMIN_HD float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+
+// Whether x is neither inf nor nan (x - x is 0 exactly then, nan otherwise); the same code on
+// the host and the device, where isfinite lives in different namespaces.
+FLATMIN_HD bool is_finite(float x) { return x - x == 0.0f; }
+
+// From the (centralized) gradient: new moments (in/out) and the new weight from the decayed base
+// weights. vmax is read and written only with amsgrad.
+FLATMIN_HD float adam_update(float g, float b, float& m, float& v, float& vmax, bool amsgrad, AdamStep s,
+                             const AdamHyper& h) {
   m = m + (g - m) * h.one_minus_beta1;
   v = v * h.beta2_f + (g * g) * h.one_minus_beta2;
-  vmax = vmax > v ? vmax : v;
-  const float denom = sqrtf(vmax) / bias.bias2_sqrt + h.eps;
-  return b - ((m / denom) / bias.bias1) * lr;
+  float second = v;
+  if (amsgrad) {
+    vmax = nan_max(vmax, v);
+    second = vmax;
+  }
+  const float denom = sqrtf(second) / s.bias2_sqrt + h.eps;
+  return b - (m / denom) * s.step_size;
 }
 
 // --------------------------------------------------------------------------- SAM / ASAM, NSO, GAM
 
-// perturb_: p = b + s * D with D the (centralized) direction, times b^2 for ASAM.
+// perturb_: p = b + scale * D with D the (centralized) direction, times b^2 for ASAM.
 FLATMIN_HD float perturbed(float b, float d_centered, float scale, bool adaptive) {
   const float D = adaptive ? d_centered * (b * b) : d_centered;
   return b + D * scale;
 }
 
-// sumsq: the square of the (centralized) value, weighted by |w| for ASAM.
-FLATMIN_HD float weighted_square(float x_centered, float w, bool weighted) {
-  const float t = weighted ? x_centered * fabsf(w) : x_centered;
+// sumsq and axpby's reduce="x": the square of the (centralized) value, weighted by |w| (ASAM).
+FLATMIN_HD float weighted_square(float x, float w, bool weighted) {
+  const float t = weighted ? x * fabsf(w) : x;
   return t * t;
 }
 
@@ -113,6 +148,53 @@ FLATMIN_HD float noised(float b, float coef, float normal) { return b + coef * n
 FLATMIN_HD float axpby_value(float y, float x, float a, float b, bool a_is_zero) {
   const float bx = x * b;
   return a_is_zero ? bx : y * a + bx;
+}
+
+// --------------------------------------------------------------------------- reduction epilogues
+
+// See contract.InvNorm and contract.Ratio: per-step scalars derived from the reduced sums.
+struct Epilogue {
+  int32_t kind;  // kNone, kInvNorm, kRatio
+  bool inf_accumulate;
+  float eps, gamma;
+  int64_t slot;  // InvNorm.inv or Ratio.coef
+  int64_t inf;
+  enum : int32_t { kNone = 0, kInvNorm = 1, kRatio = 2 };
+};
+
+// Where a reduction goes: out[index + k] (k < nvalues) = (out[...] if accumulate else 0) + total_k,
+// then the epilogue. out is a strided fp32 vector on the table's device.
+struct Reduction {
+  float* out;
+  int64_t stride;
+  int64_t index;
+  int32_t nvalues;
+  bool accumulate;
+  Epilogue epilogue;
+};
+
+// Stores the totals and runs the epilogue (one thread: the CPU, or thread 0 of the CUDA stage 2).
+FLATMIN_HD void finish_reduction(const Reduction& r, const float* totals) {
+  float* out = r.out;
+  const int64_t s = r.stride;
+  for (int k = 0; k < r.nvalues; ++k) {
+    float& slot = out[(r.index + k) * s];
+    slot = r.accumulate ? slot + totals[k] : totals[k];
+  }
+  const Epilogue& e = r.epilogue;
+  if (e.kind == Epilogue::kNone) return;
+  const float sum = out[r.index * s];
+  bool finite = is_finite(sum);
+  if (e.kind == Epilogue::kInvNorm) {
+    out[e.slot * s] = 1.0f / (sqrtf(sum) + e.eps);
+  } else {
+    const float q = out[(r.index + 1) * s];
+    finite = finite && is_finite(q);
+    out[e.slot * s] = 1.0f + (e.gamma * q) / (sum + e.eps);
+  }
+  const float flag = finite ? 0.0f : 1.0f;
+  float& inf = out[e.inf * s];
+  inf = e.inf_accumulate ? nan_max(inf, flag) : flag;
 }
 
 }  // namespace flatmin

@@ -1,6 +1,10 @@
-// Philox4x32-10 and the Box-Muller transform, exactly as the op contract defines the noise
-// (flatmin_kernels/backends/contract.py): the same integers as the torch reference and
-// Triton's tl.philox, so one seed gives the same noise on every backend and device.
+// Philox4x32-10 and the Box-Muller transform, exactly as the op contract defines the noise (v2,
+// flatmin_kernels/backends/contract.py): the same integers as the torch reference and Triton's
+// tl.philox, so one seed gives the same noise on every backend and device.
+//
+// Element j is served by Philox call c = j >> 2, whose four words make four normals (both
+// Box-Muller pairs, cos and sin); lane j & 3 picks one. The CPU build computes the normals with
+// its own vectorised log/sin/cos (csrc/cpu/vector_math.inc); this scalar form is the CUDA one.
 #pragma once
 
 #include <cmath>
@@ -30,11 +34,9 @@ FLATMIN_HD PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
     const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
     const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0;
-    const uint32_t n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
+    c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
-    c2 = n2;
+    c2 = hi0 ^ c3 ^ k1;
     c3 = lo0;
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
@@ -42,9 +44,10 @@ FLATMIN_HD PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
   return {c0, c1, c2, c3};
 }
 
-// The words for global element j at (step, sample) under a 64-bit seed.
-FLATMIN_HD PhiloxWords philox_for_element(uint64_t j, uint64_t seed, uint32_t step, uint32_t sample) {
-  return philox4x32_10(static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), step, sample,
+// The words of Philox call c at (step, sample) under a 64-bit seed: counter (c_lo, c_hi, step,
+// sample), key (seed_lo, seed_hi).
+FLATMIN_HD PhiloxWords philox_call(uint64_t c, uint64_t seed, uint32_t step, uint32_t sample) {
+  return philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32), step, sample,
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
@@ -53,17 +56,18 @@ FLATMIN_HD float uniform_open01(uint32_t x) {
   return static_cast<float>((x >> 8) | 1u) * 5.9604644775390625e-08f;
 }
 
-// Box-Muller on the first two words, in fp32.
-FLATMIN_HD float normal_from_words(uint32_t x0, uint32_t x1) {
-  const float two_pi = 6.28318530717958647692f;
-  const float u1 = uniform_open01(x0);
-  const float u2 = uniform_open01(x1);
-  return sqrtf(-2.0f * logf(u1)) * cosf(two_pi * u2);
-}
+constexpr float kTwoPi = 6.28318530717958647692f;  // 2 pi rounded to fp32, as the reference's
 
-FLATMIN_HD float normal_for_element(uint64_t j, uint64_t seed, uint32_t step, uint32_t sample) {
-  const PhiloxWords w = philox_for_element(j, seed, step, sample);
-  return normal_from_words(w.x0, w.x1);
+// The four normals of one call: (r_a cos th_a, r_a sin th_a, r_b cos th_b, r_b sin th_b).
+FLATMIN_HD void normals_of_call(PhiloxWords w, float out[4]) {
+  const float r_a = sqrtf(-2.0f * logf(uniform_open01(w.x0)));
+  const float th_a = kTwoPi * uniform_open01(w.x1);
+  const float r_b = sqrtf(-2.0f * logf(uniform_open01(w.x2)));
+  const float th_b = kTwoPi * uniform_open01(w.x3);
+  out[0] = r_a * cosf(th_a);
+  out[1] = r_a * sinf(th_a);
+  out[2] = r_b * cosf(th_b);
+  out[3] = r_b * sinf(th_b);
 }
 
 }  // namespace flatmin
