@@ -39,8 +39,13 @@ std::string unreadable(const at::Tensor& t) {
   return "";
 }
 
-// The data address (for writing: a copy-on-write storage is materialised first).
-int64_t address_of(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.unsafeGetTensorImpl()->mutable_data()); }
+// Tensors whose memory the extension must not read directly: subclasses with __torch_dispatch__,
+// functional and batched wrappers, lazy conjugate/negative/zero views, non-strided layouts.
+const c10::DispatchKeySet kRefusedKeys =
+    c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::Functionalize,
+                         c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::NestedTensor, c10::DispatchKey::Conjugate,
+                         c10::DispatchKey::Negative, c10::DispatchKey::ZeroTensor}) |
+    c10::sparse_ks | c10::sparse_csr_ks | c10::mkldnn_ks;
 
 // The tensors of a Python sequence, each a plain tensor or an nn.Parameter that the extension can
 // read (a tensor subclass is refused with ValueError, never read).
@@ -95,7 +100,11 @@ Table::Table(const py::sequence& tensors, const py::object& gc_rows, const py::o
     if (t.scalar_type() != params_[0].scalar_type())
       throw py::value_error("tensors mixes dtypes; a table's tensors share one dtype");
     if (!t.is_non_overlapping_and_dense()) throw py::value_error(at + " is not dense (a view with gaps or overlaps)");
-    shapes_.push_back({t.numel(), t.sizes().vec(), t.strides().vec()});
+    numel_.push_back(t.numel());
+    layout_at_.push_back(static_cast<int64_t>(layout_.size()));
+    layout_.push_back(t.dim());
+    layout_.insert(layout_.end(), t.sizes().begin(), t.sizes().end());
+    layout_.insert(layout_.end(), t.strides().begin(), t.strides().end());
   }
   if (!device_.is_cpu() && !(device_.is_cuda() && kBuiltWithCuda)) {
     std::ostringstream s;
@@ -130,14 +139,12 @@ Table::Table(const py::sequence& tensors, const py::object& gc_rows, const py::o
       throw py::value_error("offsets has " + std::to_string(offsets_.size()) + " values for " + std::to_string(n) +
                             " tensors");
   }
-  std::vector<int64_t> numel(n);
-  for (size_t i = 0; i < n; ++i) numel[i] = shapes_[i].numel;
-  build_work_items(numel, row_len_, items_, item_start_);
+  build_work_items(numel_, row_len_, items_, item_start_);
 
   const int param = add_slot("param");
   slots_[param].tensors = params_;
   slot_dtype_[param] = n > 0 ? params_[0].scalar_type() : at::kFloat;
-  read_addresses(param, params_);
+  list("param");
 }
 
 int Table::slot_index(const std::string& name) const {
@@ -150,26 +157,28 @@ int Table::add_slot(const std::string& name) {
   slots_.push_back({name, {}, false, false});
   slot_of_[name] = s;
   slot_dtype_.push_back(at::kFloat);
-  addresses_.resize(addresses_.size() + shapes_.size(), 0);
+  addresses_.resize(addresses_.size() + numel_.size(), 0);
   addresses_changed_ = true;
   return s;
 }
 
-bool Table::fits(const at::Tensor& t, int64_t i, at::ScalarType dtype, bool scalar) const {
-  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-  if (impl->is_python_dispatch() || impl->layout() != c10::kStrided || !impl->has_storage() || impl->is_conj() ||
-      impl->is_neg() || impl->_is_zerotensor())
-    return false;
-  if (impl->dtype().toScalarType() != dtype || impl->device() != device_) return false;
-  if (scalar) return impl->numel() == 1;
-  const Shape& s = shapes_[i];
-  if (impl->numel() != s.numel) return false;
-  if (s.numel <= 1) return true;  // one element or none: any layout addresses it
-  const c10::IntArrayRef sizes = impl->sizes(), strides = impl->strides();
-  if (sizes.size() != s.sizes.size()) return false;
-  for (size_t d = 0; d < sizes.size(); ++d)
-    if (sizes[d] != s.sizes[d] || (sizes[d] > 1 && strides[d] != s.strides[d])) return false;
-  return true;
+int64_t Table::address_if_fits(const c10::TensorImpl* impl, int64_t i, caffe2::TypeMeta dtype, bool scalar) const {
+  if (!(impl->key_set() & kRefusedKeys).empty() || impl->dtype() != dtype || impl->device() != device_) return -1;
+  const c10::Storage& storage = impl->unsafe_storage();
+  if (!storage) return -1;
+  const int64_t numel = impl->numel();
+  if (numel != (scalar ? 1 : numel_[i])) return -1;
+  if (!scalar && numel > 1) {  // one element or none: any layout addresses it
+    const int64_t* layout = layout_.data() + layout_at_[i];
+    const int64_t dim = layout[0];
+    const c10::IntArrayRef sizes = impl->sizes(), strides = impl->strides();
+    if (static_cast<int64_t>(sizes.size()) != dim) return -1;
+    for (int64_t d = 0; d < dim; ++d)
+      if (sizes[d] != layout[1 + d] || (sizes[d] > 1 && strides[d] != layout[1 + dim + d])) return -1;
+  }
+  // mutable_data: a copy-on-write storage is materialised before anything is written through it
+  return reinterpret_cast<int64_t>(storage.mutable_data()) +
+         impl->storage_offset() * static_cast<int64_t>(dtype.itemsize());
 }
 
 std::string Table::misfit(const at::Tensor& t, int64_t i, at::ScalarType dtype, bool scalar) const {
@@ -179,18 +188,18 @@ std::string Table::misfit(const at::Tensor& t, int64_t i, at::ScalarType dtype, 
   if (scalar) {
     s << "must be a one-element float32 tensor on " << device_ << ", got " << describe(t);
   } else {
-    const Shape& shape = shapes_[i];
-    s << "(" << describe(t) << ") does not match tensor " << i << " (" << shape.numel << " elements of " << dtype
-      << " on " << device_ << " with sizes " << c10::IntArrayRef(shape.sizes) << " and strides "
-      << c10::IntArrayRef(shape.strides) << ")";
+    const int64_t* layout = layout_.data() + layout_at_[i];
+    const c10::IntArrayRef sizes(layout + 1, layout[0]), strides(layout + 1 + layout[0], layout[0]);
+    s << "(" << describe(t) << ") does not match tensor " << i << " (" << numel_[i] << " elements of " << dtype
+      << " on " << device_ << " with sizes " << sizes << " and strides " << strides << ")";
   }
   return s.str();
 }
 
 void Table::check_list(const std::string& name, const std::vector<at::Tensor>& tensors, bool scalars) const {
-  if (tensors.size() != shapes_.size())
+  if (tensors.size() != numel_.size())
     throw py::value_error(name + " has " + std::to_string(tensors.size()) + " tensors for " +
-                          std::to_string(shapes_.size()));
+                          std::to_string(numel_.size()));
   if (tensors.empty()) return;
   const at::ScalarType dtype = scalars ? at::kFloat : tensors[0].scalar_type();
   DType unused;
@@ -203,50 +212,59 @@ void Table::check_list(const std::string& name, const std::vector<at::Tensor>& t
     if (!scalars && t.scalar_type() != dtype)
       throw py::value_error(name + " mixes dtypes (" + at + " is " + c10::toString(t.scalar_type()) + ", " + name +
                             "[0] is " + c10::toString(dtype) + "); a slot has one dtype");
-    if (!fits(t, static_cast<int64_t>(i), dtype, scalars)) throw py::value_error(at + " " + misfit(t, i, dtype, scalars));
+    if (address_if_fits(t.unsafeGetTensorImpl(), static_cast<int64_t>(i), c10::scalarTypeToTypeMeta(dtype), scalars) < 0)
+      throw py::value_error(at + " " + misfit(t, i, dtype, scalars));
   }
 }
 
-void Table::note_addresses(bool changed) {
+int64_t Table::read_row(int s, const c10::TensorImpl* const* impls, caffe2::TypeMeta dtype, bool scalar) {
+  const int64_t n = size();
+  int64_t* row = addresses_.data() + static_cast<size_t>(s) * n;
+  bool changed = false;
+  // The tensors' metadata is scattered over the heap: fetch a few tensors ahead.
+  constexpr int64_t kAhead = 16;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      const char* ahead = reinterpret_cast<const char*>(impls[i + kAhead]);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + 64);
+      __builtin_prefetch(ahead + 128);
+    }
+    if (i + kAhead / 2 < n) __builtin_prefetch(impls[i + kAhead / 2]->unsafe_storage().unsafeGetStorageImpl());
+    const int64_t address = address_if_fits(impls[i], i, dtype, scalar);
+    if (address < 0) return i;
+    changed = changed || row[i] != address;
+    row[i] = address;
+  }
   if (changed) {
     addresses_changed_ = true;
     ++address_changes_;
   }
-}
-
-void Table::read_addresses(int slot, const std::vector<at::Tensor>& tensors) {
-  int64_t* row = addresses_.data() + static_cast<size_t>(slot) * shapes_.size();
-  bool changed = false;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const int64_t address = address_of(tensors[i]);
-    changed = changed || row[i] != address;
-    row[i] = address;
-  }
-  note_addresses(changed);
+  return -1;
 }
 
 void Table::bind(const std::string& name, const py::sequence& tensors) {
   ++list_conversions_;
-  std::vector<at::Tensor> list = tensors_of(tensors, name);
-  check_list(name, list, false);
+  std::vector<at::Tensor> given = tensors_of(tensors, name);
+  check_list(name, given, false);
   int s = slot_index(name);
   if (s < 0) s = add_slot(name);
-  slots_[s].tensors = std::move(list);
+  slots_[s].tensors = std::move(given);
   slots_[s].scalars = false;
   slot_dtype_[s] = slots_[s].tensors.empty() ? at::kFloat : slots_[s].tensors[0].scalar_type();
-  read_addresses(s, slots_[s].tensors);
+  list(name);
 }
 
 void Table::bind_scalars(const std::string& name, const py::sequence& tensors) {
   ++list_conversions_;
-  std::vector<at::Tensor> list = tensors_of(tensors, name);
-  check_list(name, list, true);
+  std::vector<at::Tensor> given = tensors_of(tensors, name);
+  check_list(name, given, true);
   int s = slot_index(name);
   if (s < 0) s = add_slot(name);
-  slots_[s].tensors = std::move(list);
+  slots_[s].tensors = std::move(given);
   slots_[s].scalars = true;
   slot_dtype_[s] = at::kFloat;
-  read_addresses(s, slots_[s].tensors);
+  list(name);
 }
 
 void Table::bind_grads(const std::string& name) {
@@ -260,40 +278,38 @@ Table::List Table::list(const std::string& name) {
   if (s < 0) throw py::value_error("no slot named '" + name + "' is bound to this table");
   const Slot& slot = slots_[s];
   const int64_t n = size();
+  impls_.resize(n);
   if (slot.grads) {
     // The gradients as they are now, read through TensorImpl: no Python object is touched.
-    int64_t* row = addresses_.data() + static_cast<size_t>(s) * n;
-    bool changed = false;
     for (int64_t i = 0; i < n; ++i) {
+      if (i + 8 < n) __builtin_prefetch(params_[i + 8].unsafeGetTensorImpl());
       const at::Tensor& g = params_[i].unsafeGetTensorImpl()->grad();
       if (!g.defined())
         throw StaleTableError(name + "[" + std::to_string(i) + "] is None (parameter " + std::to_string(i) +
                               " has no gradient)");
-      const at::ScalarType dtype = i == 0 ? g.scalar_type() : slot_dtype_[s];
-      DType unused;
-      if (!fits(g, i, dtype, false) || !storage_dtype(dtype, &unused)) {
-        if (g.scalar_type() != dtype && storage_dtype(g.scalar_type(), &unused))
-          throw StaleTableError(name + " mixes dtypes (" + name + "[" + std::to_string(i) + "] is " +
-                                c10::toString(g.scalar_type()) + "); a slot has one dtype");
-        throw StaleTableError(name + "[" + std::to_string(i) + "] " + misfit(g, i, dtype, false));
-      }
-      slot_dtype_[s] = dtype;
-      const int64_t address = address_of(g);
-      changed = changed || row[i] != address;
-      row[i] = address;
+      impls_[i] = g.unsafeGetTensorImpl();
     }
-    note_addresses(changed);
+    if (n > 0) slot_dtype_[s] = impls_[0]->dtype().toScalarType();
   } else {
-    for (int64_t i = 0; i < n; ++i)
-      if (!fits(slot.tensors[i], i, slot_dtype_[s], slot.scalars))
-        throw StaleTableError(name + "[" + std::to_string(i) + "] " +
-                              misfit(slot.tensors[i], i, slot_dtype_[s], slot.scalars));
-    read_addresses(s, slot.tensors);
+    for (int64_t i = 0; i < n; ++i) impls_[i] = slot.tensors[i].unsafeGetTensorImpl();
+  }
+  const at::ScalarType dtype = slot_dtype_[s];
+  const int64_t bad = read_row(s, impls_.data(), c10::scalarTypeToTypeMeta(dtype), slot.scalars);
+  if (bad >= 0) {
+    const at::Tensor& t = slot.grads ? params_[bad].grad() : slot.tensors[bad];
+    const std::string at = name + "[" + std::to_string(bad) + "]";
+    DType unused;
+    if (slot.grads && t.scalar_type() != dtype && storage_dtype(t.scalar_type(), &unused))
+      throw StaleTableError(name + " mixes dtypes (" + at + " is " + c10::toString(t.scalar_type()) + ", " + name +
+                            "[0] is " + c10::toString(dtype) + "); a slot has one dtype");
+    throw StaleTableError(at + " " + misfit(t, bad, dtype, slot.scalars));
   }
   List out;
   out.slot = s;
   out.ptrs = addresses_.data() + static_cast<size_t>(s) * n;
-  storage_dtype(slot_dtype_[s], &out.dtype);
+  if (n > 0 && !storage_dtype(dtype, &out.dtype))
+    throw StaleTableError(name + " has dtype " + std::string(c10::toString(dtype)) +
+                          "; the cpp backend serves float32, bfloat16 and float16");
   return out;
 }
 

@@ -48,9 +48,9 @@ class Table {
   void refresh(bool grads);
 
   const at::Device& device() const { return device_; }
-  int64_t size() const { return static_cast<int64_t>(shapes_.size()); }
+  int64_t size() const { return static_cast<int64_t>(numel_.size()); }
   bool is_scalar_slot(int slot) const { return slots_[slot].scalars; }
-  bool has_offsets() const { return !offsets_.empty() || shapes_.empty(); }
+  bool has_offsets() const { return !offsets_.empty() || numel_.empty(); }
   std::vector<at::Tensor> get(const std::string& name) const;
   pybind11::dict stats() const;
 
@@ -71,10 +71,6 @@ class Table {
   c10::Stream current_stream() const;
 
  private:
-  struct Shape {
-    int64_t numel;
-    std::vector<int64_t> sizes, strides;
-  };
   struct Slot {
     std::string name;
     std::vector<at::Tensor> tensors;
@@ -84,17 +80,21 @@ class Table {
 
   int slot_index(const std::string& name) const;
   int add_slot(const std::string& name);
-  // Whether t can stand for tensor i (same dtype, device, element count and memory layout).
-  bool fits(const at::Tensor& t, int64_t i, at::ScalarType dtype, bool scalar) const;
+  // The data address of impl if it can stand for tensor i (dtype, device, element count, memory
+  // layout; a scalar slot: one element), else -1.
+  int64_t address_if_fits(const c10::TensorImpl* impl, int64_t i, caffe2::TypeMeta dtype, bool scalar) const;
+  // Why t cannot stand for tensor i (the slow path of address_if_fits, for the error message).
   std::string misfit(const at::Tensor& t, int64_t i, at::ScalarType dtype, bool scalar) const;
   void check_list(const std::string& name, const std::vector<at::Tensor>& tensors, bool scalars) const;
-  void read_addresses(int slot, const std::vector<at::Tensor>& tensors);
-  void note_addresses(bool changed);
+  // Reads the addresses of impls[0 .. size()) into slot s's row; the first index that does not
+  // fit, or -1.
+  int64_t read_row(int s, const c10::TensorImpl* const* impls, caffe2::TypeMeta dtype, bool scalar);
   void upload(const c10::Stream& stream);
 
   at::Device device_;
   std::vector<at::Tensor> params_;  // the table's tensors (their .grad feeds the grad slots)
-  std::vector<Shape> shapes_;
+  std::vector<int64_t> numel_;
+  std::vector<int64_t> layout_at_, layout_;  // tensor i: dim, sizes, strides at layout_[layout_at_[i]]
   std::vector<int64_t> row_len_, offsets_;
   std::vector<WorkItem> items_;
   std::vector<int64_t> item_start_;
@@ -102,6 +102,7 @@ class Table {
   std::unordered_map<std::string, int> slot_of_;
   std::vector<at::ScalarType> slot_dtype_;  // per slot, as last read
   std::vector<int64_t> addresses_;          // slot s, tensor i at [s * size() + i]
+  std::vector<const c10::TensorImpl*> impls_;  // scratch: the tensors of the list being read
 
   // CUDA only
   at::Tensor device_static_;     // items, then offsets (uploaded once)
