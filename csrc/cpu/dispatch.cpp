@@ -50,7 +50,7 @@ void reduce(const Bucket& bucket, const Reduction& red, const Stage1& stage1) {
   float totals[2] = {0.0f, 0.0f};
   for (int64_t k = 0; k < bucket.nitems; ++k)
     for (int v = 0; v < red.nvalues; ++v) totals[v] += partials[k * red.nvalues + v];
-  finish_reduction(red, totals);
+  finish_reduction(red, totals[0], totals[1]);
 }
 
 }  // namespace

@@ -173,14 +173,13 @@ struct Reduction {
   Epilogue epilogue;
 };
 
-// Stores the totals and runs the epilogue (one thread: the CPU, or thread 0 of the CUDA stage 2).
-FLATMIN_HD void finish_reduction(const Reduction& r, const float* totals) {
+// Stores the totals (total1 only when nvalues is 2) and runs the epilogue (one thread: the CPU,
+// or thread 0 of the CUDA stage 2).
+FLATMIN_HD void finish_reduction(const Reduction& r, float total0, float total1) {
   float* out = r.out;
   const int64_t s = r.stride;
-  for (int k = 0; k < r.nvalues; ++k) {
-    float& slot = out[(r.index + k) * s];
-    slot = r.accumulate ? slot + totals[k] : totals[k];
-  }
+  out[r.index * s] = r.accumulate ? out[r.index * s] + total0 : total0;
+  if (r.nvalues == 2) out[(r.index + 1) * s] = r.accumulate ? out[(r.index + 1) * s] + total1 : total1;
   const Epilogue& e = r.epilogue;
   if (e.kind == Epilogue::kNone) return;
   const float sum = out[r.index * s];

@@ -3,12 +3,14 @@
 // tl.philox, so one seed gives the same noise on every backend and device.
 //
 // Element j is served by Philox call c = j >> 2, whose four words make four normals (both
-// Box-Muller pairs, cos and sin); lane j & 3 picks one. The CPU build computes the normals with
-// its own vectorised log/sin/cos (csrc/cpu/vector_math.inc); this scalar form is the CUDA one.
+// Box-Muller pairs, cos and sin); lane j & 3 picks one. The CUDA build uses the scalar forms
+// below; the CPU build runs the same log/sin/cos on vectors (csrc/cpu/vector_math.inc).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "macros.h"
 
@@ -58,16 +60,88 @@ FLATMIN_HD float uniform_open01(uint32_t x) {
 
 constexpr float kTwoPi = 6.28318530717958647692f;  // 2 pi rounded to fp32, as the reference's
 
+// log, sin and cos for the normals, written once for fp32 scalars (CUDA) and GCC vectors (the CPU
+// loops, csrc/cpu/vector_math.inc) with F a float type and I the int32 type of the same width.
+// Plain IEEE fp32 operations in a fixed order (no library call: CUDA's sinf keeps a slow path in
+// local memory for huge arguments, and the CPU's libm does not vectorise), so the CPU at every
+// vector width and CUDA compute the same bits. Accuracy: a few ulp (checked against the
+// reference's normals in tests/backends/test_cpp_backend.py).
+namespace normal_math {
+
+template <class To, class From>
+FLATMIN_HD To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To y;
+  memcpy(&y, &x, sizeof(y));
+  return y;
+}
+
+template <class To, class From>
+FLATMIN_HD To convert(From x) {
+#if defined(__CUDACC__)
+  return static_cast<To>(x);
+#else
+  if constexpr (std::is_arithmetic<From>::value)
+    return static_cast<To>(x);
+  else
+    return __builtin_convertvector(x, To);
+#endif
+}
+
+// Natural log of x in [2**-24, 1) (normal, positive): fdlibm's / musl's logf, < 1 ulp.
+template <class F, class I>
+FLATMIN_HD F log_open01(F x) {
+  const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
+  const float lg1 = 0xaaaaaa.0p-24f, lg2 = 0xccce13.0p-25f, lg3 = 0x91e9ee.0p-25f, lg4 = 0xf89e26.0p-26f;
+  I ix = bits_as<I>(x) + (0x3f800000 - 0x3f3504f3);
+  const I k = (ix >> 23) - 0x7f;  // x = 2**k * m with m in [sqrt(2)/2, sqrt(2))
+  ix = (ix & 0x007fffff) + 0x3f3504f3;
+  const F f = bits_as<F>(ix) - 1.0f;
+  const F s = f / (2.0f + f);
+  const F z = s * s;
+  const F w = z * z;
+  const F t1 = w * (lg2 + w * lg4);
+  const F t2 = z * (lg1 + w * lg3);
+  const F r = t2 + t1;
+  const F hfsq = 0.5f * f * f;
+  const F dk = convert<F>(k);
+  return s * (hfsq + r) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
+}
+
+// sin and cos of x in [0, 2 pi]: x = q pi/2 + r with a three-part pi/2 (each q * part exact),
+// Cephes' sinf/cosf polynomials on |r| <= pi/4, then the quadrant's swap and signs.
+template <class F, class I>
+FLATMIN_HD void sincos_0_2pi(F x, F& sin_x, F& cos_x) {
+  const float round = 12582912.0f;  // 1.5 * 2**23: adding it rounds to an integer
+  const float pio2_1 = 1.5703125f, pio2_2 = 4.837512969970703125e-4f, pio2_3 = 7.54978995489188216e-8f;
+  const F qf = (x * 0.636619772367581343f + round) - round;
+  const I q = convert<I>(qf);
+  const F r = ((x - qf * pio2_1) - qf * pio2_2) - qf * pio2_3;
+  const F z = r * r;
+  const F s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+  const F c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
+              0.5f * z + 1.0f;
+  const auto odd = (q & 1) != 0;
+  const F sn = odd ? c : s;
+  const F cs = odd ? s : c;
+  sin_x = (q & 2) != 0 ? -sn : sn;
+  cos_x = ((q + 1) & 2) != 0 ? -cs : cs;
+}
+
+}  // namespace normal_math
+
 // The four normals of one call: (r_a cos th_a, r_a sin th_a, r_b cos th_b, r_b sin th_b).
 FLATMIN_HD void normals_of_call(PhiloxWords w, float out[4]) {
-  const float r_a = sqrtf(-2.0f * logf(uniform_open01(w.x0)));
-  const float th_a = kTwoPi * uniform_open01(w.x1);
-  const float r_b = sqrtf(-2.0f * logf(uniform_open01(w.x2)));
-  const float th_b = kTwoPi * uniform_open01(w.x3);
-  out[0] = r_a * cosf(th_a);
-  out[1] = r_a * sinf(th_a);
-  out[2] = r_b * cosf(th_b);
-  out[3] = r_b * sinf(th_b);
+  using normal_math::log_open01;
+  const float r_a = sqrtf(-2.0f * log_open01<float, int32_t>(uniform_open01(w.x0)));
+  const float r_b = sqrtf(-2.0f * log_open01<float, int32_t>(uniform_open01(w.x2)));
+  float sin_a, cos_a, sin_b, cos_b;
+  normal_math::sincos_0_2pi<float, int32_t>(kTwoPi * uniform_open01(w.x1), sin_a, cos_a);
+  normal_math::sincos_0_2pi<float, int32_t>(kTwoPi * uniform_open01(w.x3), sin_b, cos_b);
+  out[0] = r_a * cos_a;
+  out[1] = r_a * sin_a;
+  out[2] = r_b * cos_b;
+  out[3] = r_b * sin_b;
 }
 
 }  // namespace flatmin
