@@ -38,28 +38,30 @@ std::string where(const Table& t) {
 
 // ---------------------------------------------------------------------------- arguments
 
-// A 1-element tensor on the table's device, of `dtype`, that the extension may read.
-const void* scalar_tensor(const Table& t, py::handle obj, const char* name, at::ScalarType dtype) {
+// A 1-element tensor on the table's device, of `dtype`, that the extension may read; else
+// ValueError(message).
+const void* scalar_tensor(const Table& t, py::handle obj, at::ScalarType dtype, const std::string& message) {
   const at::Tensor& x = THPVariable_Unpack(obj.ptr());
   if (x.numel() != 1 || x.scalar_type() != dtype || x.device() != t.device() ||
       x.unsafeGetTensorImpl()->is_python_dispatch() || !x.unsafeGetTensorImpl()->has_storage())
-    throw py::value_error(std::string(name) + " must be a one-element " + c10::toString(dtype) + " tensor on " +
-                          where(t));
+    throw py::value_error(message);
   return x.unsafeGetTensorImpl()->mutable_data();
 }
 
 // A contract scalar: a number, a 1-element fp32 tensor on the table's device, or (number, tensor).
 Scalar scalar(const Table& t, py::handle obj, const char* name, double* number = nullptr) {
+  const std::string message = std::string(name) + " must be a number, a one-element float32 tensor on " + where(t) +
+                              ", or a (number, tensor) pair";
   PyObject* o = obj.ptr();
-  if (THPVariable_Check(o)) return {1.0f, static_cast<const float*>(scalar_tensor(t, obj, name, at::kFloat))};
+  if (THPVariable_Check(o)) return {1.0f, static_cast<const float*>(scalar_tensor(t, obj, at::kFloat, message))};
   // (number, tensor): their product
   if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2 && THPVariable_Check(PyTuple_GET_ITEM(o, 1)) &&
       (PyFloat_Check(PyTuple_GET_ITEM(o, 0)) || PyLong_Check(PyTuple_GET_ITEM(o, 0)))) {
     const double value = PyFloat_AsDouble(PyTuple_GET_ITEM(o, 0));
     return {static_cast<float>(value),
-            static_cast<const float*>(scalar_tensor(t, PyTuple_GET_ITEM(o, 1), name, at::kFloat))};
+            static_cast<const float*>(scalar_tensor(t, PyTuple_GET_ITEM(o, 1), at::kFloat, message))};
   }
-  if (!THPVariable_Check(o) && !PyTuple_Check(o)) {
+  if (!PyTuple_Check(o)) {
     const double value = PyFloat_AsDouble(o);  // python numbers, numpy scalars: anything with __float__
     if (!(value == -1.0 && PyErr_Occurred())) {
       if (number) *number = value;
@@ -67,16 +69,15 @@ Scalar scalar(const Table& t, py::handle obj, const char* name, double* number =
     }
     PyErr_Clear();
   }
-  throw py::value_error(std::string(name) + " must be a number, a one-element float32 tensor on " + where(t) +
-                        ", or a (number, tensor) pair");
+  throw py::value_error(message);
 }
 
 // found_inf and grad_scale: None or a 1-element fp32 tensor on the table's device.
 const float* optional_tensor(const Table& t, py::handle obj, const char* name) {
   if (obj.is_none()) return nullptr;
-  if (!THPVariable_Check(obj.ptr()))
-    throw py::value_error(std::string(name) + " must be None or a one-element float32 tensor on " + where(t));
-  return static_cast<const float*>(scalar_tensor(t, obj, name, at::kFloat));
+  const std::string message = std::string(name) + " must be None or a one-element float32 tensor on " + where(t);
+  if (!THPVariable_Check(obj.ptr())) throw py::value_error(message);
+  return static_cast<const float*>(scalar_tensor(t, obj, at::kFloat, message));
 }
 
 // Noise step: a python int (its low 32 bits), or a 1-element int64 tensor on the device.
@@ -345,6 +346,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_sgd_", &step_sgd);
   m.def("step_adam_", &step_adam);
   m.def("centralize_", &centralize);
+  m.def("is_dense", [](const at::Tensor& t) { return t.is_non_overlapping_and_dense(); },
+        "Whether a tensor's elements fill its memory span without gaps or overlaps.");
   m.def("cpu_isa", &cpu::isa, "The instruction set of the CPU loops (avx512, avx2 or baseline).");
   m.def("set_cpu_isa", [](const std::string& name) { return cpu::set_isa(name.c_str()); },
         "Use a lower instruction set (tests); False if this CPU lacks it.");

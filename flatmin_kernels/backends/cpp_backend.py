@@ -50,7 +50,7 @@ def serves(tensor: torch.Tensor, gc: bool = False) -> bool:
     with ``gc``, dim 0 must be the outermost dimension in memory."""
     if type(tensor) not in _PLAIN_TYPES or tensor.layout != torch.strided or tensor.dtype not in _DTYPES:
         return False
-    if tensor.is_meta or not supports(tensor.device) or not tensor.is_non_overlapping_and_dense():
+    if tensor.is_meta or not supports(tensor.device) or not _C.is_dense(tensor):
         return False
     if gc:
         if tensor.dim() == 0:
