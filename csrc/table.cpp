@@ -139,7 +139,7 @@ Table::Table(const py::sequence& tensors, const py::object& gc_rows, const py::o
       throw py::value_error("offsets has " + std::to_string(offsets_.size()) + " values for " + std::to_string(n) +
                             " tensors");
   }
-  build_work_items(numel_, row_len_, items_, item_start_);
+  total_ = build_work_items(numel_, row_len_, items_);
 
   const int param = add_slot("param");
   slots_[param].tensors = params_;
@@ -352,8 +352,7 @@ Bucket Table::bucket(const List* lists, int nlists, uint32_t written_mask) {
   Bucket b{};
   b.nitems = static_cast<int64_t>(items_.size());
   b.ntensors = size();
-  b.item_start = item_start_.data();
-  b.total = item_start_.back();
+  b.total = total_;
   for (int l = 0; l < nlists; ++l) {
     if (lists[l].slot < 0) continue;
     b.ptrs[l] = lists[l].ptrs;
@@ -381,7 +380,6 @@ Bucket Table::bucket(const List* lists, int nlists, uint32_t written_mask) {
     const int64_t* addresses = device_addresses_.data_ptr<int64_t>();
     for (int l = 0; l < nlists; ++l)
       if (lists[l].slot >= 0) b.ptrs[l] = addresses + static_cast<size_t>(lists[l].slot) * size();
-    b.item_start = nullptr;
   }
 #endif
   return b;

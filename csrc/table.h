@@ -97,7 +97,7 @@ class Table {
   std::vector<int64_t> layout_at_, layout_;  // tensor i: dim, sizes, strides at layout_[layout_at_[i]]
   std::vector<int64_t> row_len_, offsets_;
   std::vector<WorkItem> items_;
-  std::vector<int64_t> item_start_;
+  int64_t total_ = 0;  // elements
   std::vector<Slot> slots_;
   std::unordered_map<std::string, int> slot_of_;
   std::vector<at::ScalarType> slot_dtype_;  // per slot, as last read

@@ -37,10 +37,7 @@ struct Bucket {
   const int64_t* offsets;           // per tensor: global index of its first element (noise); may be null
   const int64_t* ptrs[kMaxLists];   // per list: ntensors data addresses; null when the op has no such list
   DType dtype[kMaxLists];
-  // CPU only: first element of every item counted over the whole bucket (items in order), and
-  // the bucket's element count, so threads can split the work by elements rather than items.
-  const int64_t* item_start;
-  int64_t total;
+  int64_t total;  // elements over all items (CPU: small buckets run on the calling thread)
   // CPU only: lists (bits) the op reads while it writes another list bound to the same slot; the
   // CPU loops read them from a private copy, as they never let two list pointers alias.
   uint32_t copy_mask;
@@ -52,10 +49,10 @@ constexpr int64_t kChunk = 65536;
 
 // Splits every tensor into work items of about kChunk elements; a tensor with rows (row_len > 0)
 // only at row boundaries (at least one row per item), so each item can centre its rows on its own.
-inline void build_work_items(const std::vector<int64_t>& numel, const std::vector<int64_t>& row_len,
-                             std::vector<WorkItem>& items, std::vector<int64_t>& item_start) {
+// Returns the number of elements.
+inline int64_t build_work_items(const std::vector<int64_t>& numel, const std::vector<int64_t>& row_len,
+                                std::vector<WorkItem>& items) {
   items.clear();
-  item_start.clear();
   int64_t total = 0;
   for (int64_t t = 0; t < static_cast<int64_t>(numel.size()); ++t) {
     int64_t step = kChunk;
@@ -66,11 +63,10 @@ inline void build_work_items(const std::vector<int64_t>& numel, const std::vecto
     for (int64_t b = 0; b < numel[t]; b += step) {
       const int64_t e = b + step < numel[t] ? b + step : numel[t];
       items.push_back({t, b, e, row_len[t]});
-      item_start.push_back(total);
       total += e - b;
     }
   }
-  item_start.push_back(total);  // one past the last item: the bucket's element count
+  return total;
 }
 
 }  // namespace flatmin

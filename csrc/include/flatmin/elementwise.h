@@ -33,15 +33,18 @@ struct SkipFlag {
 // --------------------------------------------------------------------------- update direction
 
 // The gradient the base updates see: g_coef * g (+ g2_coef * g2), unscaled, signed. Values, read
-// once per call (CPU) or per block (CUDA); scale is 1 and sign +1 when absent, which is exact.
+// once per call (CPU) or per block (CUDA); sign is +1 or -1 (an exact negation). Without a
+// grad_scale nothing is divided (a loop-invariant test the compiler hoists out of the loops).
 struct Direction {
   float g_coef, g2_coef, grad_scale, sign;
+  bool scaled;
 };
 
 FLATMIN_HD float direction(float g, float g2, const Direction& d, bool has_g2) {
   float x = g * d.g_coef;
   if (has_g2) x = x + g2 * d.g2_coef;
-  return (x / d.grad_scale) * d.sign;
+  if (d.scaled) x = x / d.grad_scale;
+  return x * d.sign;
 }
 
 // --------------------------------------------------------------------------- SGD

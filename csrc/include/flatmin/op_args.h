@@ -76,7 +76,7 @@ struct DirectionArgs {
   const float* grad_scale;  // may be null
   bool maximize;
   FLATMIN_HD Direction get() const {
-    return {g_coef.get(), g2_coef.get(), grad_scale ? *grad_scale : 1.0f, maximize ? -1.0f : 1.0f};
+    return {g_coef.get(), g2_coef.get(), grad_scale ? *grad_scale : 1.0f, maximize ? -1.0f : 1.0f, grad_scale != nullptr};
   }
 };
 
