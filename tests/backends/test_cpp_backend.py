@@ -93,6 +93,26 @@ def test_multi_item_updates(dtype):
     assert all(torch.equal(s, p) for s, p in zip(got["save"], lists["param"]))
 
 
+def test_buckets_larger_than_the_caches_stream_their_outputs():
+    """From 4M elements the write-only lists (a backup, weights computed from their backup) go
+    out with non-temporal stores: same results."""
+    shapes = [(1 << 22,), (1000, 7)]
+    lists = {name: [torch.randn(s, generator=torch.Generator().manual_seed(seed)) for s in shapes]
+             for seed, name in enumerate(["param", "g", "m", "backup", "save"])}
+    lists["v"] = [x.abs() for x in lists["m"]]
+    lists["step"] = [torch.tensor([1.0]) for _ in shapes]
+    gc = [False, True]
+    (got, _), (want, _) = _both(lists, "perturb_", "param", "g", 0.01, save_to="save", base="backup", gc=gc,
+                                scalars=("step",), centralize=True)
+    assert_lists_close(got["param"], want["param"])
+    assert all(torch.equal(s, p) for s, p in zip(got["save"], lists["param"]))
+    (got, _), (want, _) = _both(lists, "step_adam_", "param", "g", "m", "v", None, "step", lr=1e-3, beta1=0.9,
+                                beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=True, amsgrad=False,
+                                maximize=False, backup="backup", gc=gc, scalars=("step",))
+    for name in ("param", "m", "v"):
+        assert_lists_close(got[name], want[name])
+
+
 def test_noise_of_several_items_crossing_the_counters_high_word():
     """Global indices crossing 2**32 (the counter's high word), an offset that is not a multiple
     of 4, and a tensor of several items; the python reference is slow, so only one tensor."""
