@@ -1,0 +1,200 @@
+"""The host path: a list of parameters grouped into buckets once, each with its backend's table.
+
+A :class:`Plan` is built on an optimizer's first step (and by every ``functional`` call, for
+its lists): it decides for every tensor which backend serves it (the one asked for, or the torch
+reference for what a fused backend cannot take: fp64 without fp64 kernels, views with gaps,
+meta tensors), how the kernels see it (a complex tensor as its real view), groups the tensors
+into buckets of one param group, device, dtype and backend, and builds each bucket's table
+(contract v2). A steady-state step then costs per bucket one ``refresh`` (the backends re-read
+the gradients' storage at C speed where they can) and one call per op: no per-tensor Python.
+
+Reductions (norms, dot products) accumulate across buckets into a small per-device fp32 vector
+of per-step scalars (:attr:`Plan.scalars`) and finish with the contract's epilogue (scale,
+found_inf, GAM's coefficient) in the same launch when the plan lives on one device; otherwise
+the partial sums are combined on the first device first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import backends
+from .backends import torch_backend
+from .backends.contract import StaleTable
+
+N_SCALARS = 16  # per-step scalar slots per device: norms, scales, found_inf, coefficients
+
+
+@dataclass
+class Bucket:
+    """One launch unit: tensors of one param group, device, dtype and backend."""
+
+    ops: object  # the backend module
+    table: object  # ops.Table over the bucket's tensors
+    device: torch.device
+    positions: list  # indices into Plan.params
+    group: object = None  # the param group dict (optimizers), or None
+    fresh: bool = False  # SGD: momentum buffers created this step (buf = g, as torch)
+    complex_view: bool = False  # tensors are torch.view_as_real of complex parameters
+    dtype: torch.dtype = torch.float32
+    out: torch.Tensor = field(default=None, repr=False)  # the device's per-step scalars
+
+
+def _same_layout(t, others) -> bool:
+    """Whether every list lays element k of this tensor at the same place (fused ops run in memory order)."""
+    return t.numel() == 0 or all(o.stride() == t.stride() for o in others)
+
+
+def _real_view(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class Plan:
+    """Buckets and tables for ``params`` (every one of which must have a gradient when the plan
+    reads gradients); see the module docstring.
+
+    params:      the tensors (parameters) the plan covers, in order.
+    groups:      for optimizers, the param group of each tensor (a dict; hyperparameters are
+                 read from it at every step); buckets never mix groups.
+    gc_rows:     per tensor, whether GC may be applied (its dim 0 is the output unit).
+    offsets:     per tensor, the global index of its first element (NSO's noise).
+    fresh:       per tensor, whether its SGD momentum buffer is new this step.
+    live_grads:  True: the slot "grad" is each parameter's ``.grad`` (optimizers); False: lists
+                 are bound explicitly (``functional``).
+    also:        other lists aligned with ``params`` that the ops will read or write: a tensor goes
+                 to a fused backend only if that backend serves it in every list, and buckets
+                 split by their dtypes too.
+    """
+
+    def __init__(self, params, *, backend: str = "auto", groups=None, gc_rows=None, offsets=None, fresh=None,
+                 live_grads: bool = True, also=()):
+        self.params = list(params)
+        n = len(self.params)
+        self.backend = backend
+        self.live_grads = live_grads
+        groups = groups if groups is not None else [None] * n
+        gc_rows = list(gc_rows) if gc_rows is not None else [False] * n
+        fresh = list(fresh) if fresh is not None else [False] * n
+        also = [ts for ts in also if ts is not None]
+        if live_grads:
+            also.append([p.grad for p in self.params])
+        keys = {}
+        for i, p in enumerate(self.params):
+            view = _real_view(p)
+            if p.is_complex() and gc_rows[i]:
+                raise ValueError(f"gradient centralization is not defined for complex parameters "
+                                 f"(parameter {i}, shape {tuple(p.shape)}): set centralize=None for its group")
+            others = [_real_view(ts[i]) for ts in also if ts[i] is not None]
+            ops = backends.resolve(backend, view.device)
+            if not (all(ops.serves(t, gc_rows[i]) for t in [view] + others) and _same_layout(view, others)):
+                ops = torch_backend  # the reference serves what a fused backend cannot
+            group = groups[i]
+            key = (id(group), view.device, view.dtype, tuple(t.dtype for t in others), ops.name, p.is_complex(),
+                   fresh[i])
+            keys.setdefault(key, (ops, group, []))[2].append(i)
+        self.scalars = {}
+        self.buckets = []
+        for (_, device, dtype, _, _, is_complex, is_fresh), (ops, group, positions) in keys.items():
+            tensors = [_real_view(self.params[i]) for i in positions]
+            table = ops.Table(tensors, gc_rows=[gc_rows[i] for i in positions],
+                              offsets=None if offsets is None else [offsets[i] for i in positions])
+            if live_grads and not is_complex:
+                table.bind_grads("grad")
+            if device not in self.scalars:
+                self.scalars[device] = torch.zeros(N_SCALARS, dtype=torch.float32, device=device)
+            self.buckets.append(Bucket(ops, table, device, positions, group, is_fresh, is_complex, dtype,
+                                       self.scalars[device]))
+        self.devices = list(self.scalars)
+        self._views = {}
+
+    # ------------------------------------------------------------------ binding lists
+
+    def bind(self, name, tensors) -> None:
+        """Bind a persistent list aligned with ``params`` (state, buffers) to slot ``name``.
+
+        Entries may be None for buckets that have no such list (e.g. ``max_exp_avg_sq`` outside
+        amsgrad groups): a bucket is bound only when all its entries are tensors."""
+        for bucket in self.buckets:
+            entries = [tensors[i] for i in bucket.positions]
+            missing = sum(t is None for t in entries)
+            if missing == len(entries):
+                continue
+            if missing:
+                raise ValueError(f"{name}: some tensors of one bucket are None")
+            bucket.table.bind(name, [_real_view(t) for t in entries] if bucket.complex_view else entries)
+
+    def bind_scalars(self, name, tensors) -> None:
+        for bucket in self.buckets:
+            bucket.table.bind_scalars(name, [tensors[i] for i in bucket.positions])
+
+    def refresh(self, grads: bool = True) -> None:
+        """Re-read the parameters' (and, with ``grads``, the gradients') storage; StaleTable if the
+        plan no longer holds. Called once per pass: at every step entry and after every closure."""
+        for bucket in self.buckets:
+            if grads and self.live_grads and bucket.complex_view:
+                grads = [self.params[i].grad for i in bucket.positions]
+                if any(g is None for g in grads):
+                    raise StaleTable("a parameter of the plan has no gradient")
+                bucket.table.bind("grad", [_real_view(g) for g in grads])
+            bucket.table.refresh(grads=grads)
+
+    # ------------------------------------------------------------------ per-step scalars
+
+    def scalar(self, index: int, device) -> torch.Tensor:
+        """The 1-element view of per-step scalar ``index`` on ``device`` (cached: no allocation)."""
+        key = (index, device)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self.scalars[device][index: index + 1]
+        return view
+
+    def zero_scalar(self, index: int) -> None:
+        for out in self.scalars.values():
+            out[index: index + 1].zero_()
+
+    # ------------------------------------------------------------------ ops
+
+    def each(self, op: str, *args, **kwargs) -> None:
+        """Call op on every bucket; a keyword value that is a callable is called with the bucket."""
+        for bucket in self.buckets:
+            kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
+            getattr(bucket.ops, op)(bucket.table, *args, **kw)
+
+    def reduce(self, op: str, *args, index: int, width: int = 1, epilogue=None, **kwargs) -> None:
+        """A reduction over the whole plan into scalars[index : index + width], then ``epilogue``.
+
+        Buckets on one device accumulate in order (deterministic); the last one applies the
+        epilogue in its own launch. With several devices the sums meet on the first device, the
+        epilogue runs there in torch ops, and the scalars are copied back to every device.
+        """
+        single = len(self.devices) == 1
+        last_on = {b.device: b for b in self.buckets}
+        seen = set()
+        for bucket in self.buckets:
+            kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
+            if op == "dot":
+                if epilogue is not None:
+                    raise ValueError("dot takes no epilogue")
+            else:
+                kw["epilogue"] = epilogue if single and last_on[bucket.device] is bucket else None
+            getattr(bucket.ops, op)(bucket.table, *args, out=bucket.out, index=index,
+                                    accumulate=bucket.device in seen, **kw)
+            seen.add(bucket.device)
+        if not self.buckets:
+            for out in self.scalars.values():
+                out[index: index + width].zero_()
+            if epilogue is not None:
+                for out in self.scalars.values():
+                    torch_backend._epilogue(out, index, epilogue)
+        elif not single:
+            self._combine(index, width, epilogue)
+
+    def _combine(self, index, width, epilogue):
+        first = self.scalars[self.devices[0]]
+        part = first[index: index + width]
+        for device in self.devices[1:]:
+            part.add_(self.scalars[device][index: index + width].to(first.device, non_blocking=True))
+        torch_backend._epilogue(first, index, epilogue)
+        for device in self.devices[1:]:
+            self.scalars[device].copy_(first, non_blocking=True)
