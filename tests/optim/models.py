@@ -145,6 +145,7 @@ def extra_buffer_numel(optimizer, model) -> int:
     """Elements of every tensor the optimizer holds that is neither a parameter, nor the base
     optimizer's state, nor the model's: the wrapper's own buffers."""
     skip = {id(p) for p in model.parameters()}
+    skip |= {id(c) for c in getattr(optimizer, "_counters", {}).values()}  # NSO's one-element step counters
     for st in optimizer.base_optimizer.state.values():
         skip |= {id(t) for t in st.values() if torch.is_tensor(t)}
     seen, total = set(), 0
