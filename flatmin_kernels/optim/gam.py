@@ -81,6 +81,7 @@ class GAM(WrapperOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         closure = self.require_closure(closure)
+        self.amp_begin()
         loss = None
         if not self.first_pass_done():
             self.clear_grads()
@@ -121,8 +122,10 @@ class GAM(WrapperOptimizer):
                     epilogue=Ratio(self.eps, self.gamma, coef=COEF, inf=FOUND_INF, inf_accumulate=True))
 
         # Back to w (from W, also when skipped) and the base update along d = coef h+ - gamma h-.
+        grad_scale, found_inf = self.amp_update(plan)
         self.base_step(plan, grad="B", g2="A", g_coef=lambda b: (1.0, plan.scalar(COEF, b.device)),
-                       g2_coef=-self.gamma, backup="W", found_inf=found_inf)
+                       g2_coef=-self.gamma, backup="W", grad_scale=grad_scale, found_inf=found_inf)
+        self.amp_end(plan)
         self.running_stats_on()
         self.clear_grads()
         return loss

@@ -41,7 +41,7 @@ from .. import functional
 from ..backends.contract import InvNorm
 from ..plan import Plan
 from .host import HostPath
-from .wrapper import FOUND_INF, WrapperOptimizer, check_non_negative, check_unit_interval, found_inf_of
+from .wrapper import FOUND_INF, WrapperOptimizer, check_non_negative, check_unit_interval
 
 
 class NSO(WrapperOptimizer):
@@ -193,6 +193,7 @@ class NSO(WrapperOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         closure = self.require_closure(closure)
+        self.amp_begin()
         clean_done = self.lam > 0 and self.first_pass_done()
         if not clean_done:
             self.clear_grads()  # every gradient of this step comes from its own passes
@@ -234,8 +235,10 @@ class NSO(WrapperOptimizer):
             if stranded is not None:  # perturbed, but no gradient to update with: back to W by a copy
                 stranded.each("axpby_", "param", "backup", 0, 1)
         plan.reduce("sumsq", "grad", index=0, epilogue=InvNorm(1.0, inv=1, inf=FOUND_INF))
+        grad_scale, found_inf = self.amp_update(plan)
         self.base_step(plan, g_coef=weight if self.lam < 1 else 1.0, backup="backup" if exact else None,
-                       found_inf=found_inf_of(plan))
+                       grad_scale=grad_scale, found_inf=found_inf)
+        self.amp_end(plan)
         self.running_stats_on()
         self.clear_grads()
         return loss

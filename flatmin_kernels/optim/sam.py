@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.contract import InvNorm, StaleTable
-from . import gc
+from . import amp, gc
 from .wrapper import FOUND_INF, WrapperOptimizer, check_non_negative, found_inf_of
 
 NORM_SQ, INV_NORM = 0, 1  # per-step scalar slots
@@ -32,7 +32,8 @@ class SAM(WrapperOptimizer):
 
     ``SAM(params, base_optimizer, rho=0.05, adaptive=False, *, centralize=None, use_gc=False,
     eps=1e-12, perturb_eps=None, model=None, backend="auto", **base_kwargs)``; ``base_kwargs``
-    go to ``base_optimizer``; ``perturb_eps`` is pytorch_optimizer's name for ``eps``.
+    go to ``base_optimizer``; ``perturb_eps`` is pytorch_optimizer's name for ``eps``. For fp16
+    with ``torch.amp.GradScaler``, set ``opt.grad_scaler = scaler`` (see ``amp.py``).
 
     * ``first_step(zero_grad=False)`` / ``second_step(zero_grad=False)``: davda54's protocol.
     * ``step(closure)``: the gradients present count as the first pass (davda54's protocol,
@@ -81,6 +82,7 @@ class SAM(WrapperOptimizer):
         """Move to w + e (the ascent), keeping w in the backup. Needs the gradients at w."""
         if self._perturbed:
             raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
+        amp.check_not_unscaled(self.grad_scaler, self)
         plan = self.plan()
         adaptive = lambda b: "param" if b.group["adaptive"] else None  # noqa: E731
         # One global norm over every tensor with a gradient; its second stage writes 1 / (||d|| + eps)
@@ -104,27 +106,46 @@ class SAM(WrapperOptimizer):
         if not self._perturbed:
             raise RuntimeError("second_step() called before first_step(): there is no perturbation to undo")
         plan = self._step_plan
+        if amp.under_scaler(self) and self.grad_scaler is None:
+            self._abandon(plan)
+            raise RuntimeError(f"SAM was stepped by a GradScaler it does not know: {amp.RECIPE}. The weights "
+                               f"were put back to w; no update was made.")
         try:
             plan.refresh()
         except StaleTable:
             plan = self._second_step_on_another_plan(plan)
         else:
-            self.base_step(plan, backup="backup", found_inf=found_inf_of(plan), centralize_grads=True)
+            self.amp_check(plan, NORM_SQ)
+            grad_scale, found_inf = self.amp_update(plan)
+            self.base_step(plan, backup="backup", grad_scale=grad_scale, found_inf=found_inf, centralize_grads=True)
+        self.amp_end(plan)
         self._perturbed = False
         self._step_plan = None
         self.running_stats_on()
         if zero_grad:
             self.zero_grad()
 
+    def _abandon(self, plan):
+        """Back to w from the backup, the step abandoned (nothing else changes)."""
+        plan.refresh(grads=False)
+        plan.each("axpby_", "param", "backup", 0, 1)
+        self._perturbed = False
+        self._step_plan = None
+        self.running_stats_on()
+
     def _second_step_on_another_plan(self, plan):
         """Pass 2 left gradients on other parameters than pass 1: every perturbed parameter goes
-        back to w first, then the update runs on a plan of the parameters that have one now."""
+        back to w first, then the update runs on a plan of the parameters that have one now
+        (with pass 1's found_inf carried over)."""
         plan.refresh(grads=False)
         plan.each("axpby_", "param", "backup", 0, 1)
         now = self.plan()
-        old_found_inf = found_inf_of(plan)
-        self.base_step(now, found_inf=lambda b: old_found_inf(b) if b.device in plan.scalars else None,
-                       centralize_grads=True)
+        for device in now.devices:
+            carried = plan.scalar(FOUND_INF, device) if device in plan.scalars else 0.0
+            now.scalar(FOUND_INF, device).copy_(carried)
+        self.amp_check(now, NORM_SQ)
+        grad_scale, found_inf = self.amp_update(now)
+        self.base_step(now, grad_scale=grad_scale, found_inf=found_inf, centralize_grads=True)
         return now
 
     @torch.no_grad()
@@ -133,6 +154,7 @@ class SAM(WrapperOptimizer):
             self.second_step()
             return None
         closure = self.require_closure(closure)
+        self.amp_begin()
         loss = None
         if not self.first_pass_done():
             self.clear_grads()

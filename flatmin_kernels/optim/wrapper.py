@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from . import base_update
+from . import amp, base_update
 from .batchnorm import disable_running_stats, enable_running_stats
+from ..backends.contract import InvNorm
 from .host import HostPath
 
 # Per-step scalar slots (Plan.scalars) shared by the wrappers' code.
@@ -37,7 +38,15 @@ def check_unit_interval(**values) -> None:
 
 
 class WrapperOptimizer(torch.optim.Optimizer):
-    """Base class of SAM, GAM and NSO: builds, shares and drives the base optimizer."""
+    """Base class of SAM, GAM and NSO: builds, shares and drives the base optimizer.
+
+    ``grad_scaler``: the ``torch.amp.GradScaler`` of an fp16 run (see ``amp.py``); with it the
+    wrapper takes GradScaler's protocol (``scaler.step(opt, closure)``, or for SAM the two-call
+    recipe) and checks every pass for overflows itself.
+    """
+
+    # GradScaler.step hands us grad_scale / found_inf (see amp.py) instead of unscaling itself.
+    _step_supports_amp_scaling = True
 
     # Names of the parameter-sized buffers a subclass keeps (bound to the plan as slots).
     buffer_names: tuple = ()
@@ -51,6 +60,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
         backends.check_choice(backend)
         self.backend = backend
         self.model = model
+        self._grad_scaler = None
         self._wrapper_defaults = dict(defaults)
         self.base_optimizer = None
         super().__init__(params, defaults)
@@ -206,6 +216,50 @@ class WrapperOptimizer(torch.optim.Optimizer):
                 buf = store[p] = torch.zeros_like(p, memory_format=torch.preserve_format)
             out.append(buf)
         return out
+
+    # ------------------------------------------------------------------ fp16 with GradScaler
+
+    @property
+    def grad_scaler(self):
+        return self._grad_scaler
+
+    @grad_scaler.setter
+    def grad_scaler(self, scaler) -> None:
+        if scaler is not None:
+            # GradScaler makes its scale at the first scaler.scale(...); in the closure recipe that call
+            # comes inside the step, after GradScaler.step has already asked for the scale.
+            device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+            scaler.scale(torch.zeros((), device=device))
+        self._grad_scaler = scaler
+
+    def amp_begin(self) -> None:
+        """At the start of a step, before anything changes: refuse GradScaler's protocol without the
+        scaler in hand, and a step whose gradients the scaler was told to unscale too early."""
+        if amp.under_scaler(self) and self.grad_scaler is None:
+            raise RuntimeError(f"{type(self).__name__} was stepped by a GradScaler it does not know: "
+                               f"{amp.RECIPE}. Nothing was changed.")
+        if amp.under_scaler(self):
+            amp.check_not_unscaled(self.grad_scaler, self)
+
+    def amp_check(self, plan, index: int) -> None:
+        """Under the scaler: flag the current gradients if non-finite (into found_inf, accumulated)."""
+        if amp.under_scaler(self):
+            plan.reduce("sumsq", "grad", index=index, epilogue=InvNorm(1.0, inv=index, inf=FOUND_INF,
+                                                                        inf_accumulate=True))
+
+    def amp_update(self, plan):
+        """(grad_scale, found_inf) for the update: the scale handed over by GradScaler, and our
+        per-step flag raised where GradScaler's own check found an overflow."""
+        grad_scale, scaler_found_inf = amp.handed_over(self)
+        if scaler_found_inf is not None:
+            for device in plan.devices:
+                amp.combined_found_inf(plan.scalar(FOUND_INF, device), scaler_found_inf)
+        return grad_scale, found_inf_of(plan)
+
+    def amp_end(self, plan) -> None:
+        """Let ``scaler.update()`` see an overflow in any pass of this step."""
+        if self.grad_scaler is not None and amp.under_scaler(self) and plan.devices:
+            amp.merge_found_inf(self.grad_scaler, self, plan.scalar(FOUND_INF, plan.devices[0]))
 
     # ------------------------------------------------------------------ the base update
 
