@@ -17,13 +17,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contextlib import contextmanager
+
 import torch
 
 from . import backends
-from .backends import torch_backend
+from .backends import contract, torch_backend
 from .backends.contract import StaleTable
 
 N_SCALARS = 16  # per-step scalar slots per device: norms, scales, found_inf, coefficients
+
+_traffic = None  # the active Traffic recorder, if any (see counting_traffic)
+
+
+class Traffic:
+    """What the ops called under :func:`counting_traffic` moved: bytes read and written (each slot
+    once per call, at its dtype) and calls per bucket, by op."""
+
+    def __init__(self):
+        self.bytes = 0
+        self.calls = {}
+
+    def record(self, bucket, op, args, kwargs):
+        reads, writes = contract.traffic(op, args, kwargs)
+        for slot in reads + writes:
+            self.bytes += bucket.numel * bucket.slot_dtypes.get(slot, bucket.dtype).itemsize
+        self.calls[op] = self.calls.get(op, 0) + 1
+
+
+@contextmanager
+def counting_traffic():
+    """``with counting_traffic() as t: opt.step(...)``: t.bytes, t.calls of every plan op call."""
+    global _traffic
+    outer, _traffic = _traffic, Traffic()
+    try:
+        yield _traffic
+    finally:
+        _traffic = outer
 
 
 @dataclass
@@ -39,6 +69,8 @@ class Bucket:
     complex_view: bool = False  # tensors are torch.view_as_real of complex parameters
     dtype: torch.dtype = torch.float32
     out: torch.Tensor = field(default=None, repr=False)  # the device's per-step scalars
+    numel: int = 0  # elements of the bucket's tensors
+    slot_dtypes: dict = field(default_factory=dict)  # dtype of each bound list (for traffic counts)
 
 
 def _same_layout(t, others) -> bool:
@@ -104,7 +136,7 @@ class Plan:
             if device not in self.scalars:
                 self.scalars[device] = torch.zeros(N_SCALARS, dtype=torch.float32, device=device)
             self.buckets.append(Bucket(ops, table, device, positions, group, is_fresh, is_complex, dtype,
-                                       self.scalars[device]))
+                                       self.scalars[device], sum(t.numel() for t in tensors)))
         self.devices = list(self.scalars)
         self._views = {}
 
@@ -123,6 +155,7 @@ class Plan:
             if missing:
                 raise ValueError(f"{name}: some tensors of one bucket are None")
             bucket.table.bind(name, [_real_view(t) for t in entries] if bucket.complex_view else entries)
+            bucket.slot_dtypes[name] = _real_view(entries[0]).dtype
 
     def bind_scalars(self, name, tensors) -> None:
         for bucket in self.buckets:
@@ -159,6 +192,8 @@ class Plan:
         """Call op on every bucket; a keyword value that is a callable is called with the bucket."""
         for bucket in self.buckets:
             kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
+            if _traffic is not None:
+                _traffic.record(bucket, op, args, kw)
             getattr(bucket.ops, op)(bucket.table, *args, **kw)
 
     def reduce(self, op: str, *args, index: int, width: int = 1, epilogue=None, **kwargs) -> None:
@@ -178,6 +213,8 @@ class Plan:
                     raise ValueError("dot takes no epilogue")
             else:
                 kw["epilogue"] = epilogue if single and last_on[bucket.device] is bucket else None
+            if _traffic is not None:
+                _traffic.record(bucket, op, args, kw)
             getattr(bucket.ops, op)(bucket.table, *args, out=bucket.out, index=index,
                                     accumulate=bucket.device in seen, **kw)
             seen.add(bucket.device)

@@ -159,27 +159,24 @@ def update(optimizer, plan, *, grad="grad", g2=None, g_coef=1.0, g2_coef=1.0, ba
     may be callables of the bucket (see ``_per_bucket``).
     """
     kind = update_kind(optimizer)
-    for bucket in plan.buckets:
-        group, device = bucket.group, bucket.device
-        common = dict(lr=_on(group["lr"], device), maximize=group.get("maximize", False),
-                      centralize=group.get("centralize") is not None, backup=backup, g2=g2,
-                      g_coef=_per_bucket(g_coef, bucket), g2_coef=_per_bucket(g2_coef, bucket),
-                      grad_scale=_per_bucket(grad_scale, bucket), found_inf=_per_bucket(found_inf, bucket))
-        if kind == "sgd":
-            momentum = group["momentum"]
-            bucket.ops.step_sgd_(bucket.table, "param", grad, "momentum_buffer" if momentum != 0 else None,
-                                 weight_decay=group["weight_decay"], momentum=momentum,
-                                 dampening=group["dampening"], nesterov=group["nesterov"],
-                                 init_buffers=bucket.fresh, **common)
+    per_bucket = dict(lr=lambda b: _on(b.group["lr"], b.device), maximize=lambda b: b.group.get("maximize", False),
+                      centralize=lambda b: b.group.get("centralize") is not None, backup=backup, g2=g2,
+                      g_coef=lambda b: _per_bucket(g_coef, b), g2_coef=lambda b: _per_bucket(g2_coef, b),
+                      grad_scale=lambda b: _per_bucket(grad_scale, b), found_inf=lambda b: _per_bucket(found_inf, b))
+    if kind == "sgd":
+        plan.each("step_sgd_", "param", grad, buf=lambda b: "momentum_buffer" if b.group["momentum"] != 0 else None,
+                  weight_decay=lambda b: b.group["weight_decay"], momentum=lambda b: b.group["momentum"],
+                  dampening=lambda b: b.group["dampening"], nesterov=lambda b: b.group["nesterov"],
+                  init_buffers=lambda b: b.fresh, **per_bucket)
+        for bucket in plan.buckets:
             bucket.fresh = False
-        else:
-            beta1, beta2 = group["betas"]
-            decoupled = group.get("decoupled_weight_decay", type(optimizer).__name__ == "AdamW")
-            bucket.ops.step_adam_(bucket.table, "param", grad, "exp_avg", "exp_avg_sq",
-                                  "max_exp_avg_sq" if group["amsgrad"] else None, "step",
-                                  beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
-                                  weight_decay=group["weight_decay"], decoupled=decoupled,
-                                  amsgrad=group["amsgrad"], **common)
+    else:
+        plan.each("step_adam_", "param", grad, "exp_avg", "exp_avg_sq",
+                  vmax=lambda b: "max_exp_avg_sq" if b.group["amsgrad"] else None, steps="step",
+                  beta1=lambda b: float(b.group["betas"][0]), beta2=lambda b: float(b.group["betas"][1]),
+                  eps=lambda b: b.group["eps"], weight_decay=lambda b: b.group["weight_decay"],
+                  decoupled=lambda b: b.group.get("decoupled_weight_decay", type(optimizer).__name__ == "AdamW"),
+                  amsgrad=lambda b: b.group["amsgrad"], **per_bucket)
     if getattr(plan, "sparse", None):
         _sparse_sgd(optimizer, plan.sparse, grad_scale, found_inf)
 
