@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import backends
+from . import backends, sharding
 from .backends import contract, torch_backend
 from .backends.contract import StaleTable
 
@@ -66,11 +66,12 @@ class Bucket:
     positions: list  # indices into Plan.params
     group: object = None  # the param group dict (optimizers), or None
     fresh: bool = False  # SGD: momentum buffers created this step (buf = g, as torch)
-    complex_view: bool = False  # tensors are torch.view_as_real of complex parameters
+    explicit_grads: bool = False  # gradients bound at each refresh (DTensor shards, complex views)
     dtype: torch.dtype = torch.float32
     out: torch.Tensor = field(default=None, repr=False)  # the device's per-step scalars
     numel: int = 0  # elements of the bucket's tensors
     slot_dtypes: dict = field(default_factory=dict)  # dtype of each bound list (for traffic counts)
+    shard_groups: tuple = ()  # process groups its sums are all-reduced over (DTensor shards)
 
 
 def _same_layout(t, others) -> bool:
@@ -78,7 +79,9 @@ def _same_layout(t, others) -> bool:
     return t.numel() == 0 or all(o.stride() == t.stride() for o in others)
 
 
-def _real_view(t: torch.Tensor) -> torch.Tensor:
+def kernel_view(t: torch.Tensor) -> torch.Tensor:
+    """What the kernels see of a tensor: a DTensor's local shard, a complex tensor's real view."""
+    t = sharding.local(t)
     return torch.view_as_real(t) if t.is_complex() else t
 
 
@@ -113,31 +116,41 @@ class Plan:
             also.append([p.grad for p in self.params])
         keys = {}
         for i, p in enumerate(self.params):
-            view = _real_view(p)
+            view = kernel_view(p)
             if p.is_complex() and gc_rows[i]:
                 raise ValueError(f"gradient centralization is not defined for complex parameters "
                                  f"(parameter {i}, shape {tuple(p.shape)}): set centralize=None for its group")
-            others = [_real_view(ts[i]) for ts in also if ts[i] is not None]
+            if gc_rows[i]:
+                sharding.check_whole_rows(p, i)
+            others = [kernel_view(ts[i]) for ts in also if ts[i] is not None]
             ops = backends.resolve(backend, view.device)
             if not (all(ops.serves(t, gc_rows[i]) for t in [view] + others) and _same_layout(view, others)):
                 ops = torch_backend  # the reference serves what a fused backend cannot
             group = groups[i]
-            key = (id(group), view.device, view.dtype, tuple(t.dtype for t in others), ops.name, p.is_complex(),
-                   fresh[i])
+            explicit = p.is_complex() or sharding.is_dtensor(p)
+            key = (id(group), view.device, view.dtype, tuple(t.dtype for t in others), ops.name, explicit,
+                   fresh[i], sharding.reduce_groups(p, i))
             keys.setdefault(key, (ops, group, []))[2].append(i)
         self.scalars = {}
+        self._partials = {}
         self.buckets = []
-        for (_, device, dtype, _, _, is_complex, is_fresh), (ops, group, positions) in keys.items():
-            tensors = [_real_view(self.params[i]) for i in positions]
-            table = ops.Table(tensors, gc_rows=[gc_rows[i] for i in positions],
-                              offsets=None if offsets is None else [offsets[i] for i in positions])
-            if live_grads and not is_complex:
+        for (_, device, dtype, _, _, explicit, is_fresh, groups_), (ops, group, positions) in keys.items():
+            tensors = [kernel_view(self.params[i]) for i in positions]
+            local_offsets = None
+            if offsets is not None:
+                local_offsets = [sharding.local_offset(self.params[i], offsets[i], i) for i in positions]
+            table = ops.Table(tensors, gc_rows=[gc_rows[i] for i in positions], offsets=local_offsets)
+            if live_grads and not explicit:
                 table.bind_grads("grad")
             if device not in self.scalars:
                 self.scalars[device] = torch.zeros(N_SCALARS, dtype=torch.float32, device=device)
-            self.buckets.append(Bucket(ops, table, device, positions, group, is_fresh, is_complex, dtype,
-                                       self.scalars[device], sum(t.numel() for t in tensors)))
+            if (device, groups_) not in self._partials:
+                self._partials[(device, groups_)] = torch.zeros(N_SCALARS, dtype=torch.float32, device=device)
+            self.buckets.append(Bucket(ops, table, device, positions, group, is_fresh, explicit, dtype,
+                                       self.scalars[device], sum(t.numel() for t in tensors), {}, groups_))
         self.devices = list(self.scalars)
+        # one device and nothing sharded: reductions finish in the kernels' own epilogue
+        self._simple = len(self.devices) == 1 and all(not b.shard_groups for b in self.buckets)
         self._views = {}
 
     # ------------------------------------------------------------------ binding lists
@@ -154,22 +167,26 @@ class Plan:
                 continue
             if missing:
                 raise ValueError(f"{name}: some tensors of one bucket are None")
-            bucket.table.bind(name, [_real_view(t) for t in entries] if bucket.complex_view else entries)
-            bucket.slot_dtypes[name] = _real_view(entries[0]).dtype
+            views = [kernel_view(t) for t in entries]
+            bucket.table.bind(name, views)
+            bucket.slot_dtypes[name] = views[0].dtype
 
     def bind_scalars(self, name, tensors) -> None:
         for bucket in self.buckets:
-            bucket.table.bind_scalars(name, [tensors[i] for i in bucket.positions])
+            bucket.table.bind_scalars(name, [sharding.local(tensors[i]) for i in bucket.positions])
 
     def refresh(self, grads: bool = True) -> None:
         """Re-read the parameters' (and, with ``grads``, the gradients') storage; StaleTable if the
         plan no longer holds. Called once per pass: at every step entry and after every closure."""
         for bucket in self.buckets:
-            if grads and self.live_grads and bucket.complex_view:
-                grads = [self.params[i].grad for i in bucket.positions]
-                if any(g is None for g in grads):
+            if grads and self.live_grads and bucket.explicit_grads:
+                grad_list = [self.params[i].grad for i in bucket.positions]
+                if any(g is None for g in grad_list):
                     raise StaleTable("a parameter of the plan has no gradient")
-                bucket.table.bind("grad", [_real_view(g) for g in grads])
+                try:
+                    bucket.table.bind("grad", [kernel_view(g) for g in grad_list])
+                except ValueError as exc:
+                    raise StaleTable(str(exc)) from None
             bucket.table.refresh(grads=grads)
 
     # ------------------------------------------------------------------ per-step scalars
@@ -188,50 +205,52 @@ class Plan:
 
     # ------------------------------------------------------------------ ops
 
+    def _call(self, bucket, op, args, kwargs, **fixed):
+        """One op on one bucket; keyword values that are callables are called with the bucket."""
+        kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
+        kw.update(fixed)
+        if _traffic is not None:
+            _traffic.record(bucket, op, args, kw)
+        getattr(bucket.ops, op)(bucket.table, *args, **kw)
+
     def each(self, op: str, *args, **kwargs) -> None:
         """Call op on every bucket; a keyword value that is a callable is called with the bucket."""
         for bucket in self.buckets:
-            kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
-            if _traffic is not None:
-                _traffic.record(bucket, op, args, kw)
-            getattr(bucket.ops, op)(bucket.table, *args, **kw)
+            self._call(bucket, op, args, kwargs)
 
     def reduce(self, op: str, *args, index: int, width: int = 1, epilogue=None, **kwargs) -> None:
         """A reduction over the whole plan into scalars[index : index + width], then ``epilogue``.
 
-        Buckets on one device accumulate in order (deterministic); the last one applies the
-        epilogue in its own launch. With several devices the sums meet on the first device, the
-        epilogue runs there in torch ops, and the scalars are copied back to every device.
+        On one device with nothing sharded, the buckets accumulate in order (deterministic) and the
+        last one applies the epilogue in its own launch. Otherwise each (device, mesh groups)
+        accumulates a partial sum, the sharded ones are all-reduced over their mesh, all meet on the
+        first device, the epilogue runs there in torch ops, and the scalars are copied to every device.
         """
-        single = len(self.devices) == 1
-        last_on = {b.device: b for b in self.buckets}
-        seen = set()
-        for bucket in self.buckets:
-            kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
-            if op == "dot":
-                if epilogue is not None:
-                    raise ValueError("dot takes no epilogue")
-            else:
-                kw["epilogue"] = epilogue if single and last_on[bucket.device] is bucket else None
-            if _traffic is not None:
-                _traffic.record(bucket, op, args, kw)
-            getattr(bucket.ops, op)(bucket.table, *args, out=bucket.out, index=index,
-                                    accumulate=bucket.device in seen, **kw)
-            seen.add(bucket.device)
+        if op == "dot" and epilogue is not None:
+            raise ValueError("dot takes no epilogue")
         if not self.buckets:
             for out in self.scalars.values():
                 out[index: index + width].zero_()
-            if epilogue is not None:
-                for out in self.scalars.values():
-                    torch_backend._epilogue(out, index, epilogue)
-        elif not single:
-            self._combine(index, width, epilogue)
-
-    def _combine(self, index, width, epilogue):
+                torch_backend._epilogue(out, index, epilogue)
+            return
+        if self._simple:
+            last = self.buckets[-1]
+            for k, bucket in enumerate(self.buckets):
+                fixed = {} if op == "dot" else {"epilogue": epilogue if bucket is last else None}
+                self._call(bucket, op, args, kwargs, out=bucket.out, index=index, accumulate=k > 0, **fixed)
+            return
+        seen = set()
+        for bucket in self.buckets:
+            key = (bucket.device, bucket.shard_groups)
+            self._call(bucket, op, args, kwargs, out=self._partials[key], index=index, accumulate=key in seen)
+            seen.add(key)
         first = self.scalars[self.devices[0]]
-        part = first[index: index + width]
-        for device in self.devices[1:]:
-            part.add_(self.scalars[device][index: index + width].to(first.device, non_blocking=True))
+        total = first[index: index + width]
+        total.zero_()
+        for (_, groups), partial in self._partials.items():
+            if groups:
+                sharding.all_reduce_(partial[index: index + width], groups)
+            total.add_(partial[index: index + width].to(first.device, non_blocking=True))
         torch_backend._epilogue(first, index, epilogue)
         for device in self.devices[1:]:
             self.scalars[device].copy_(first, non_blocking=True)

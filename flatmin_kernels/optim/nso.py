@@ -197,7 +197,7 @@ class NSO(WrapperOptimizer):
         clean_done = self.lam > 0 and self.first_pass_done()
         if not clean_done:
             self.clear_grads()  # every gradient of this step comes from its own passes
-        self._backward_seen = False
+        self._backward_seen = self._grads_cleared = False
         perturbed_passes = self.num_perturbs * (2 if self.antithetic else 1)
         weight = (1 - self.lam) / perturbed_passes  # of each perturbed gradient
         exact = self.exact_restore and self.lam < 1

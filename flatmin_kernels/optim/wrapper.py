@@ -71,6 +71,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self.defaults = {**self.base_optimizer.defaults, **defaults}
         self.fused = base_update.update_kind(self.base_optimizer) is not None
         self._backward_seen = False
+        self._grads_cleared = False
         self._watch_backward()
 
     # ------------------------------------------------------------------ torch.optim plumbing
@@ -141,15 +142,23 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self._backward_seen = True
 
     def first_pass_done(self) -> bool:
-        """Whether the gradients present are a first pass: a backward ran through the parameters
-        since this optimizer's last step. Zero-filled gradients (``zero_grad(set_to_none=False)``)
-        are not a pass; gradients accumulated over micro-batches are one."""
-        return self._backward_seen and any(p.grad is not None for g in self.param_groups for p in g["params"])
+        """Whether the gradients present are a first pass: a backward reached the parameters since
+        this optimizer last zeroed or cleared them (a step ends by clearing them), or gradients
+        appeared where it had left None (FSDP2 sets the sharded gradients itself, unseen by autograd
+        hooks). Zero-filled gradients are not a pass; micro-batches accumulated since are one."""
+        return ((self._backward_seen or self._grads_cleared)
+                and any(p.grad is not None for g in self.param_groups for p in g["params"]))
+
+    def zero_grad(self, set_to_none: bool = True):
+        super().zero_grad(set_to_none=set_to_none)
+        self._backward_seen = False
+        self._grads_cleared = set_to_none
 
     def clear_grads(self) -> None:
         """Gradients to None: the next backward writes a fresh gradient, whatever the closure does."""
         torch.optim.Optimizer.zero_grad(self, set_to_none=True)
         self._backward_seen = False
+        self._grads_cleared = True
 
     def require_closure(self, closure):
         if closure is None:

@@ -1,9 +1,11 @@
 """What counts as the first pass in ``step(closure)`` (README: 'Gradient accumulation').
 
 Rule: the gradients present are the first pass only if a backward pass reached the parameters
-since the optimizer's last step; otherwise the closure runs first. So zero-filled gradients
-(``zero_grad(set_to_none=False)``) never turn SAM into plain SGD, and micro-batches accumulated
-before the call are the first pass of the whole accumulated batch.
+since the optimizer last zeroed or cleared them (``opt.zero_grad`` with either setting, or a
+step), or if they appeared where it had left None (FSDP2 sets sharded gradients itself);
+otherwise the closure runs first. So zero-filled gradients (``opt.zero_grad(set_to_none=False)``)
+never turn SAM into plain SGD, and micro-batches accumulated before the call are the first pass
+of the whole accumulated batch.
 """
 import pytest
 import torch
@@ -35,13 +37,32 @@ def test_zero_filled_gradients_are_not_a_first_pass():
     M.loss_of(net, batch).backward()
     opt.step(M.closure_for(net, batch, opt.zero_grad))  # an ordinary step: grads are None after it
     ref_opt.step(M.closure_for(ref, batch, ref_opt.zero_grad))
-    for p in net.parameters():  # what model.zero_grad(set_to_none=False) leaves: zeros, no backward
-        p.grad = torch.zeros_like(p)
+    M.loss_of(net, batch).backward()
+    M.loss_of(ref, batch).backward()  # the same forward (BatchNorm statistics move alike)
+    ref_opt.zero_grad()
+    opt.zero_grad(set_to_none=False)  # zeros, and no backward since
+    assert all(p.grad is None or not p.grad.any() for p in net.parameters())
     closure, calls = counting(M.closure_for(net, batch, opt.zero_grad))
     opt.step(closure)
     ref_opt.step(M.closure_for(ref, batch, ref_opt.zero_grad))
     assert calls[0] == 2, "the closure ran first: the zeros were not taken as the gradient at w"
     M.assert_same_model(net, ref)
+
+
+def test_gradients_set_where_the_optimizer_left_none_are_the_first_pass():
+    """What FSDP2 does: its backward assigns the sharded gradients, unseen by autograd hooks."""
+    net = M.make_net()
+    opt = sam(net)
+    batch = M.batches(1)[0]
+    opt.step(M.closure_for(net, batch, opt.zero_grad))
+    probe = M.make_net()
+    probe.load_state_dict(net.state_dict())
+    M.loss_of(probe, batch).backward()
+    for p, q in zip(net.parameters(), probe.parameters()):
+        p.grad = None if q.grad is None else q.grad.clone()
+    closure, calls = counting(M.closure_for(net, batch, opt.zero_grad))
+    opt.step(closure)
+    assert calls[0] == 1
 
 
 def test_gradients_of_a_backward_are_the_first_pass():
