@@ -120,6 +120,16 @@ def closure_for(model, batch, zero_grad, counter=None):
     return closure
 
 
+def train_step(model, opt, batch):
+    """One step of any flatmin optimizer: backward then ``step()`` for SGD/Adam/AdamW, the
+    closure protocol for the wrappers (SAM, GAM, NSO)."""
+    closure = closure_for(model, batch, opt.zero_grad)
+    if hasattr(opt, "base_optimizer"):
+        return opt.step(closure)
+    closure()
+    return opt.step()
+
+
 def oracle_closure(model, batch):
     return closure_for(model, batch, lambda: model.zero_grad(set_to_none=True))
 

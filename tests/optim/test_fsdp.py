@@ -35,12 +35,7 @@ def _train(kind, backend, shard):
         fully_shard(net)
     opt = KINDS[kind](net, backend)
     for batch in M.batches(STEPS):
-        closure = M.closure_for(net, batch, opt.zero_grad)
-        if isinstance(opt, fk.AdamW):
-            closure()
-            opt.step()
-        else:
-            opt.step(closure)
+        M.train_step(net, opt, batch)
     full = {name: (p.full_tensor() if shard else p).detach().clone() for name, p in net.named_parameters()}
     return full, opt
 

@@ -20,15 +20,6 @@ KINDS = {
 }
 
 
-def step(net, opt, batch):
-    closure = M.closure_for(net, batch, opt.zero_grad)
-    if isinstance(opt, (fk.SGD, fk.AdamW)):
-        closure()
-        opt.step()
-    else:
-        opt.step(closure)
-
-
 def builds(opt):
     paths = [opt.host_path] + ([opt.noise_path] if isinstance(opt, fk.NSO) else [])
     return sum(p.builds for p in paths)
@@ -69,11 +60,11 @@ def test_steady_state_builds_nothing_and_reads_nothing_back(kind, backend, monke
     opt = KINDS[kind](net, backend)
     data = M.batches(4)
     for batch in data[:2]:
-        step(net, opt, batch)
+        M.train_step(net, opt, batch)
     built = builds(opt)
     with no_table_may_be_built(monkeypatch), no_host_reads(monkeypatch):
         for batch in data[2:]:
-            step(net, opt, batch)
+            M.train_step(net, opt, batch)
     assert builds(opt) == built
 
 
@@ -82,10 +73,10 @@ def test_real_changes_rebuild_the_plan(kind):
     net = M.make_net()
     opt = KINDS[kind](net, "torch")
     batch = M.batches(1)[0]
-    step(net, opt, batch)
+    M.train_step(net, opt, batch)
     old = plan_of(opt)
     opt.load_state_dict(opt.state_dict())
-    step(net, opt, batch)
+    M.train_step(net, opt, batch)
     assert plan_of(opt) is not old
     old = plan_of(opt)
     extra = torch.nn.Linear(3, 3)  # a param group added: its parameters are updated from now on
@@ -111,11 +102,11 @@ def test_a_parameter_changing_dtype_rebuilds_and_keeps_training():
     net = M.make_net()
     opt = fk.AdamW(net.parameters(), lr=1e-2, backend="auto")
     batch = M.batches(1)[0]
-    step(net, opt, batch)
+    M.train_step(net, opt, batch)
     built = opt.host_path.builds
     net.double()
     x, y = batch
-    step(net, opt, (x.double(), y))
+    M.train_step(net, opt, (x.double(), y))
     assert opt.host_path.builds == built + 1
     assert all(p.dtype == torch.float64 and torch.isfinite(p).all() for p in net.parameters())
 
@@ -124,7 +115,7 @@ def test_a_parameter_gaining_a_gradient_joins_the_plan():
     net = M.make_net()
     opt = fk.SGD(net.parameters(), lr=0.1)
     batch = M.batches(1)[0]
-    step(net, opt, batch)  # net.unused has no gradient
+    M.train_step(net, opt, batch)  # net.unused has no gradient
     before = net.unused.detach().clone()
     opt.zero_grad()
     (M.loss_of(net, batch) + net.unused.sum()).backward()
@@ -138,11 +129,11 @@ def test_no_plan_is_built_during_graph_capture(monkeypatch):
     batch = M.batches(1)[0]
     monkeypatch.setattr("flatmin_kernels.optim.host.capturing", lambda: True)
     with pytest.raises(RuntimeError, match="would build a new plan .tables. during CUDA graph capture"):
-        step(net, opt, batch)
+        M.train_step(net, opt, batch)
     monkeypatch.undo()
-    step(net, opt, batch)  # warmed up eagerly
+    M.train_step(net, opt, batch)  # warmed up eagerly
     monkeypatch.setattr("flatmin_kernels.optim.host.capturing", lambda: True)
-    step(net, opt, batch)  # a steady-state step is fine
+    M.train_step(net, opt, batch)  # a steady-state step is fine
 
 
 # ----------------------------------------------------------------------------- CUDA graphs (GPU only)

@@ -156,12 +156,7 @@ def _wrapped(net, kind):
 
 def _train(net, opt, batches):
     for batch in batches:
-        closure = M.closure_for(net, batch, opt.zero_grad)
-        if isinstance(opt, fk.AdamW):
-            closure()
-            opt.step()
-        else:
-            opt.step(closure)
+        M.train_step(net, opt, batch)
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])

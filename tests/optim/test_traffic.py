@@ -29,15 +29,6 @@ CASES = {
 LAUNCHES = {"sumsq": 2, "dot": 2, "step_adam_": 2}
 
 
-def _step(net, opt, batch):
-    closure = M.closure_for(net, batch, opt.zero_grad)
-    if isinstance(opt, fk.AdamW):
-        closure()
-        opt.step()
-    else:
-        opt.step(closure)
-
-
 @pytest.mark.parametrize("kind", list(CASES))
 def test_bytes_per_parameter_per_step(kind):
     make, expected_bytes, expected_calls = CASES[kind]
@@ -45,10 +36,10 @@ def test_bytes_per_parameter_per_step(kind):
     net.unused.requires_grad_(False)  # every trainable parameter gets a gradient (NSO perturbs all of them)
     opt = make(net)
     data = M.batches(2)
-    _step(net, opt, data[0])  # state exists
+    M.train_step(net, opt, data[0])  # state exists
     assert len(opt.host_path.plan.buckets) == 1
     with counting_traffic() as traffic:
-        _step(net, opt, data[1])
+        M.train_step(net, opt, data[1])
     trained = sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert sum(p.numel() for p in opt.host_path.plan.params) == trained
     assert traffic.bytes / trained == expected_bytes
