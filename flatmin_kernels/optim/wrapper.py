@@ -13,6 +13,8 @@ bucket's table; a steady-state step is a handful of fused calls per bucket.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .. import backends
@@ -58,6 +60,9 @@ class WrapperOptimizer(torch.optim.Optimizer):
                 f"arguments go to {type(self).__name__}), got {base_optimizer!r}"
             )
         backends.check_choice(backend)
+        capturable = base_kwargs.pop("capturable", False)
+        if "capturable" in inspect.signature(base_optimizer.__init__).parameters:
+            base_kwargs["capturable"] = capturable
         self.backend = backend
         self.model = model
         self._grad_scaler = None
@@ -70,6 +75,11 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self.state = self.base_optimizer.state
         self.defaults = {**self.base_optimizer.defaults, **defaults}
         self.fused = base_update.update_kind(self.base_optimizer) is not None
+        self.capturable = bool(capturable)
+        if self.capturable and not self.fused:
+            raise ValueError(f"capturable=True needs a base optimizer flatmin can fuse (torch's or flatmin's SGD, "
+                             f"Adam, AdamW): {base_optimizer.__name__}'s step runs outside flatmin and reads "
+                             f"found_inf on the host")
         self._backward_seen = False
         self._grads_cleared = False
         self._watch_backward()

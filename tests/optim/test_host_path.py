@@ -180,3 +180,14 @@ def test_capture_and_three_replays_equal_three_eager_steps(kind, backend):
     torch.cuda.synchronize()
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_capturable_is_accepted_everywhere_and_refused_where_it_cannot_hold():
+    net = M.make_net()
+    fk.SGD(net.parameters(), lr=0.1, capturable=True)
+    for base in (torch.optim.SGD, torch.optim.AdamW, fk.AdamW):
+        opt = fk.SAM(net.parameters(), base, lr=0.1, capturable=True)
+        assert opt.capturable
+        assert opt.base_optimizer.defaults.get("capturable", True)  # forwarded where the base takes it
+    with pytest.raises(ValueError, match="capturable=True needs a base optimizer flatmin can fuse"):
+        fk.GAM(net.parameters(), torch.optim.RMSprop, lr=0.1, capturable=True)
