@@ -75,8 +75,9 @@ def fit(module, batch_size=4, **trainer_args):
     return trainer
 
 
-def hand_loop(name, steps=STEPS, autocast=None, scaler=None, batches=BATCHES):
-    """The same optimizer, step(closure) on the same batches, in plain torch."""
+def hand_loop(name, steps=STEPS, autocast=None, scaler=None, batches=BATCHES, clip=None):
+    """The same optimizer, step(closure) on the same batches, in plain torch (with ``clip``: SAM's
+    two calls, clipping only the gradient at w + e)."""
     net = new_net()
     opt = OPTIMIZERS[name](net.parameters())
     if scaler is not None:
@@ -90,7 +91,13 @@ def hand_loop(name, steps=STEPS, autocast=None, scaler=None, batches=BATCHES):
             (loss if scaler is None else scaler.scale(loss)).backward()
             return loss
 
-        if scaler is None:
+        if clip is not None:
+            closure()
+            opt.first_step(zero_grad=True)
+            closure()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            opt.second_step(zero_grad=True)
+        elif scaler is None:
             opt.step(closure)
         else:
             scaler.step(opt, closure)
@@ -157,6 +164,16 @@ def test_automatic_accumulation_is_refused_at_fit_start(extra):
     with pytest.raises(ValueError, match=r"SAM with Trainer\(accumulate_grad_batches=2\).*Use manual optimization"):
         fit(module, accumulate_grad_batches=2, **extra)
     assert module.calls == 0
+
+
+def test_sam_norm_clipping_is_the_final_direction_clipped():
+    """Lightning clips after each closure call; SAM's ascent ignores the scale of pass 1, so this
+    is the update direction clipped once."""
+    module = Module("SAM")
+    fit(module, gradient_clip_val=0.05, callbacks=[FlatminCallback()])
+    assert_same_weights(module.net, hand_loop("SAM", clip=0.05), **FULL_BATCH)
+    with pytest.raises(AssertionError):  # the clip was active
+        assert_same_weights(module.net, hand_loop("SAM"), **FULL_BATCH)
 
 
 @pytest.mark.parametrize("name, algorithm, why", [
