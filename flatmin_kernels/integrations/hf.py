@@ -62,8 +62,8 @@ class FlatminTrainer(Trainer):
     (any other optimizer trains exactly as with ``Trainer``). See the module docstring."""
 
     def __init__(self, *args, **kwargs):
-        # The micro-batches since the last optimizer step, as (global_step, [inputs, ...]).
-        self._window = (None, [])
+        # The inputs of the micro-batches since the last optimizer step, and that step's number.
+        self._window, self._window_step = [], None
         super().__init__(*args, **kwargs)
 
     # The Trainer assigns ``self.optimizer`` when it gets or builds the optimizer and again
@@ -96,19 +96,19 @@ class FlatminTrainer(Trainer):
         opt = flatmin_wrapper(self.optimizer)
         if opt is None:
             return loss
-        step, window = self._window
-        if step != self.state.global_step:  # a new window (global_step advances at every optimizer step)
-            window = []
-        window.append(inputs)
-        self._window = (self.state.global_step, window)
-        if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer step comes next
-            self._window = (None, [])
-            replay = functools.partial(self._replay, model, window, num_items_in_batch)
-            if isinstance(opt, SAM):
-                opt.first_step(zero_grad=True)
-                replay()  # the gradient at w + e; the Trainer clips it, then step() is the second step
-            else:
-                self.optimizer.replay = replay
+        if self._window_step != self.state.global_step:  # global_step advances at every optimizer step
+            self._window, self._window_step = [], self.state.global_step
+        self._window.append(inputs)
+        if not self.accelerator.sync_gradients:
+            return loss
+        # The last micro-batch: the optimizer step comes next.
+        replay = functools.partial(self._replay, model, self._window, num_items_in_batch)
+        self._window = []
+        if isinstance(opt, SAM):
+            opt.first_step(zero_grad=True)
+            replay()  # the gradient at w + e; the Trainer clips it, then its step() is the second step
+        else:
+            self.optimizer.replay = replay
         return loss
 
     def _replay(self, model, window, num_items_in_batch):
