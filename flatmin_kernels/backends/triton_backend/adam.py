@@ -8,8 +8,10 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .common import item_header, load, scalar, scalar_args, skipped, slot_ptr, store, update_direction, walk
+from .common import (G2, GRAD_SCALE, L2, MAXIMIZE, flags, item_header, load, scalar, scalar_args, skipped, slot_ptr,
+                     store, update_direction, walk)
 
+DECOUPLED, AMSGRAD, BACKUP = (tl.constexpr(1 << i) for i in range(4, 7))
 STEPS_BLOCK = 1024
 
 
@@ -32,37 +34,34 @@ def _pow_f64(base, n):
 
 
 @triton.jit
-def _direction(k, idx, mask, args):
+def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
     (p_ptr, g_ptr, g2_ptr, m_ptr, v_ptr, vmax_ptr, b_ptr, g_coef, g2_coef, grad_scale, weight_decay,
-     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip,
-     HAS_G2, HAS_GRAD_SCALE, MAXIMIZE, L2, DECOUPLED, AMSGRAD, HAS_BACKUP) = args
-    return update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scale, weight_decay,
-                            HAS_G2, HAS_GRAD_SCALE, MAXIMIZE, L2)
+     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip) = args
+    return update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scale, weight_decay, FLAGS)
 
 
 @triton.jit
-def _update(g, k, idx, mask, args):
+def _update(g, k, idx, mask, args, FLAGS: tl.constexpr):
     (p_ptr, g_ptr, g2_ptr, m_ptr, v_ptr, vmax_ptr, b_ptr, g_coef, g2_coef, grad_scale, weight_decay,
-     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip,
-     HAS_G2, HAS_GRAD_SCALE, MAXIMIZE, L2, DECOUPLED, AMSGRAD, HAS_BACKUP) = args
+     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip) = args
+    b = load(b_ptr + idx, mask)  # before any store, so the compiler reuses the direction's load
     m = load(m_ptr + idx, mask)
     m = m + (g - m) * one_minus_beta1
     v = load(v_ptr + idx, mask) * beta2 + (g * g) * one_minus_beta2
     second = v
-    if AMSGRAD:
+    if FLAGS & AMSGRAD:
         second = tl.maximum(load(vmax_ptr + idx, mask), v, propagate_nan=tl.PropagateNan.ALL)
-    b = load(b_ptr + idx, mask)
     decayed = b
-    if DECOUPLED:
+    if FLAGS & DECOUPLED:
         decayed = b * decay
     new = decayed - tl.div_rn(m, tl.div_rn(tl.sqrt_rn(second), bias2_sqrt) + eps) * step_size
     if not skip:
         store(m_ptr + idx, m, mask)
         store(v_ptr + idx, v, mask)
-        if AMSGRAD:
+        if FLAGS & AMSGRAD:
             store(vmax_ptr + idx, second, mask)
         store(p_ptr + idx, new, mask)
-    elif HAS_BACKUP:  # a skipped step still restores
+    elif FLAGS & BACKUP:  # a skipped step still restores
         store(p_ptr + idx, b, mask)
     return 0.0, 0.0
 
@@ -72,9 +71,7 @@ def _adam_kernel(items, stride, p0, p_off, g0, g_off, g2_0, g2_off, m0, m_off, v
                  b0, b_off, steps0, steps_off, g_coef, g_coef_ptr, g2_coef, g2_coef_ptr, lr, lr_ptr,
                  grad_scale, found_inf, beta1_hi, beta1_lo, beta2_hi, beta2_lo, one_minus_beta1, beta2,
                  one_minus_beta2, eps, weight_decay, decay,
-                 HAS_G2: tl.constexpr, MAXIMIZE: tl.constexpr, L2: tl.constexpr, DECOUPLED: tl.constexpr,
-                 AMSGRAD: tl.constexpr, HAS_BACKUP: tl.constexpr, ALIGNED: tl.constexpr,
-                 CLASSES: tl.constexpr, BLOCK: tl.constexpr):
+                 FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t, start, end, row, cls = item_header(items, stride, pid)
     lr_value = scalar(lr, lr_ptr)
@@ -87,10 +84,9 @@ def _adam_kernel(items, stride, p0, p_off, g0, g_off, g2_0, g2_off, m0, m_off, v
     args = (slot_ptr(p0, p_off, t, ALIGNED), slot_ptr(g0, g_off, t, ALIGNED), slot_ptr(g2_0, g2_off, t, ALIGNED),
             slot_ptr(m0, m_off, t, ALIGNED), slot_ptr(v0, v_off, t, ALIGNED), slot_ptr(vmax0, vmax_off, t, ALIGNED),
             slot_ptr(b0, b_off, t, ALIGNED), scalar(g_coef, g_coef_ptr), scalar(g2_coef, g2_coef_ptr),
-            scalar(1.0, grad_scale), weight_decay, tl.div_rn(lr_value, bias1), bias2_sqrt,
-            decay, one_minus_beta1, beta2, one_minus_beta2, eps, skipped(found_inf),
-            HAS_G2, grad_scale is not None, MAXIMIZE, L2, DECOUPLED, AMSGRAD, HAS_BACKUP)
-    walk(start, start, end, row, cls, _direction, _update, args, ALIGNED, CLASSES, BLOCK)
+            scalar(1.0, grad_scale), weight_decay, tl.div_rn(lr_value, bias1), bias2_sqrt, decay,
+            one_minus_beta1, beta2, one_minus_beta2, eps, skipped(found_inf))
+    walk(start, start, end, row, cls, _direction, _update, args, FLAGS, ALIGNED, CLASSES, BLOCK)
 
 
 @triton.jit
@@ -114,6 +110,9 @@ def step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_deca
     step_slot = t.slot(steps)
     lr_factor, lr_ptr = scalar_args(lr)
     decay = float(1 - lr_factor * weight_decay) if lr_ptr is None else 1.0  # else made on the device
+    switches = flags((G2, g2 is not None), (GRAD_SCALE, grad_scale is not None), (MAXIMIZE, maximize),
+                     (L2, weight_decay != 0 and not decoupled), (DECOUPLED, decoupled and weight_decay != 0),
+                     (AMSGRAD, amsgrad), (BACKUP, backup is not None))
     with t.launching():
         if items.count:
             _adam_kernel[(items.count,)](
@@ -122,9 +121,7 @@ def step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_deca
                 grad_scale, found_inf, *_f64_parts(beta1), *_f64_parts(beta2), float(1 - beta1), float(beta2),
                 float(1 - beta2), float(eps), float(weight_decay),
                 decay,
-                HAS_G2=g2 is not None, MAXIMIZE=bool(maximize), L2=weight_decay != 0 and not decoupled,
-                DECOUPLED=bool(decoupled) and weight_decay != 0, AMSGRAD=bool(amsgrad), HAS_BACKUP=backup is not None,
-                ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes, BLOCK=t.block, num_warps=t.num_warps,
+                FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes, BLOCK=t.block, num_warps=t.num_warps,
             )
         _advance_steps_kernel[(triton.cdiv(t.n, STEPS_BLOCK),)](
             step_slot.base, step_slot.offsets, t.n, found_inf, BLOCK=STEPS_BLOCK, num_warps=4,

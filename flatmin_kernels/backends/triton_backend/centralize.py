@@ -11,12 +11,12 @@ from .common import item_header, load, slot_ptr, store, walk
 
 
 @triton.jit
-def _read(k, idx, mask, x_ptr):
+def _read(k, idx, mask, x_ptr, FLAGS: tl.constexpr):
     return load(x_ptr + idx, mask)
 
 
 @triton.jit
-def _write(d, k, idx, mask, x_ptr):
+def _write(d, k, idx, mask, x_ptr, FLAGS: tl.constexpr):
     store(x_ptr + idx, d, mask)
     return 0.0, 0.0
 
@@ -25,7 +25,7 @@ def _write(d, k, idx, mask, x_ptr):
 def _centralize_kernel(items, stride, x0, x_off, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t, start, end, row, cls = item_header(items, stride, pid)
-    walk(start, start, end, row, cls, _read, _write, slot_ptr(x0, x_off, t, False), False, CLASSES, BLOCK)
+    walk(start, start, end, row, cls, _read, _write, slot_ptr(x0, x_off, t, False), 0, False, CLASSES, BLOCK)
 
 
 def centralize_(t, x):

@@ -3,12 +3,15 @@ exact math functions, and ``walk``, the loop that carries one work item through 
 
 The work of one op over a bucket is a table of *items* (see ``tables.py``); one program
 handles one item, walking it tile by tile. An op is written as two inlined functions that
-``walk`` calls on every tile: ``DIRECTION(k, idx, mask, args)`` reads the value the op works
-on (the gradient of an update, the direction of a perturbation, the tensor of a reduction) in
-fp32, and ``APPLY(d, k, idx, mask, args)`` computes and stores the results from it and returns
-the tile's two contributions to the op's sums (zeros when the op reduces nothing). ``k`` is
-the tile's first element, ``idx`` its int64 element indices (64-bit: tensors beyond 2**31
-elements work), ``mask`` None for a full tile (unmasked loads and stores) or a boolean block.
+``walk`` calls on every tile: ``DIRECTION(k, idx, mask, args, FLAGS)`` reads the value the op
+works on (the gradient of an update, the direction of a perturbation, the tensor of a
+reduction) in fp32, and ``APPLY(d, k, idx, mask, args, FLAGS)`` computes and stores the results
+from it and returns the tile's two contributions to the op's sums (zeros when the op reduces
+nothing). ``k`` is the tile's first element, ``idx`` its int64 element indices (64-bit: tensors
+beyond 2**31 elements work), ``mask`` None for a full tile (unmasked loads and stores) or a
+boolean block, ``args`` a tuple of the op's pointers and scalars, and ``FLAGS`` the op's
+constexpr switches as one bitmask (a compiled kernel turns constexprs inside a tuple into
+runtime values, so they travel beside it).
 
 How ``walk`` tiles an item depends on the item's *class*:
 
@@ -56,6 +59,15 @@ def device_guard(device: torch.device):
     if device.type == "cuda" and device.index != torch.cuda.current_device():
         return torch.cuda.device(device.index)
     return _NO_GUARD
+
+
+def flags(*switches) -> int:
+    """One constexpr bitmask from ``(bit, on)`` pairs (bits are ``tl.constexpr`` powers of 2)."""
+    return sum(bit.value for bit, on in switches if on)
+
+
+# Switches of ``update_direction`` (the base updates add their own from bit 4 on).
+G2, GRAD_SCALE, MAXIMIZE, L2 = (tl.constexpr(1 << i) for i in range(4))
 
 
 def scalar_args(value):
@@ -146,18 +158,17 @@ def finite(x):
 
 @triton.jit
 def update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scale, weight_decay,
-                     HAS_G2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-                     L2: tl.constexpr):
+                     FLAGS: tl.constexpr):
     """The gradient a base update sees, before GC: (g_coef g + g2_coef g2) / grad_scale,
     negated when maximizing, plus L2 decay of b (the backup, or p)."""
     g = load(g_ptr + idx, mask) * g_coef
-    if HAS_G2:
+    if FLAGS & G2:
         g = g + load(g2_ptr + idx, mask) * g2_coef
-    if HAS_GRAD_SCALE:
+    if FLAGS & GRAD_SCALE:
         g = tl.div_rn(g, grad_scale)
-    if MAXIMIZE:
+    if FLAGS & MAXIMIZE:
         g = -g
-    if L2:
+    if FLAGS & L2:
         g = g + load(b_ptr + idx, mask) * weight_decay
     return g
 
@@ -166,15 +177,15 @@ def update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scal
 
 
 @triton.jit
-def _tile(DIRECTION: tl.constexpr, APPLY: tl.constexpr, args, k, idx, mask):
-    d = DIRECTION(k, idx, mask, args)
+def _tile(DIRECTION: tl.constexpr, APPLY: tl.constexpr, args, FLAGS: tl.constexpr, k, idx, mask):
+    d = DIRECTION(k, idx, mask, args, FLAGS)
     if mask is not None:
         d = tl.where(mask, d, 0.0)  # masked lanes add nothing to the op's sums
-    return APPLY(d, k, idx, mask, args)
+    return APPLY(d, k, idx, mask, args, FLAGS)
 
 
 @triton.jit
-def _walk_flat(first, start, end, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args,
+def _walk_flat(first, start, end, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args, FLAGS: tl.constexpr,
                ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """Tiles first, first + BLOCK, ... of elements start .. end - 1 (first <= start: the noise
     starts a tile at a Philox call boundary); full tiles unmasked, the others masked."""
@@ -184,7 +195,7 @@ def _walk_flat(first, start, end, DIRECTION: tl.constexpr, APPLY: tl.constexpr, 
     k = first
     if k < start:
         idx = k + lanes
-        r1, r2 = _tile(DIRECTION, APPLY, args, k, idx, (idx >= start) & (idx < end))
+        r1, r2 = _tile(DIRECTION, APPLY, args, FLAGS, k, idx, (idx >= start) & (idx < end))
         acc1 += r1
         acc2 += r2
         k += BLOCK
@@ -192,20 +203,20 @@ def _walk_flat(first, start, end, DIRECTION: tl.constexpr, APPLY: tl.constexpr, 
         idx = k + lanes
         if ALIGNED:
             idx = tl.multiple_of(idx, 16)
-        r1, r2 = _tile(DIRECTION, APPLY, args, k, idx, None)
+        r1, r2 = _tile(DIRECTION, APPLY, args, FLAGS, k, idx, None)
         acc1 += r1
         acc2 += r2
         k += BLOCK
     if k < end:
         idx = k + lanes
-        r1, r2 = _tile(DIRECTION, APPLY, args, k, idx, idx < end)
+        r1, r2 = _tile(DIRECTION, APPLY, args, FLAGS, k, idx, idx < end)
         acc1 += r1
         acc2 += r2
     return tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
 
 
 @triton.jit
-def _walk_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args,
+def _walk_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args, FLAGS: tl.constexpr,
                RB: tl.constexpr, CB: tl.constexpr):
     """Whole rows of length row <= CB, RB per tile; each row centered with its exact mean."""
     acc1 = tl.zeros([RB, CB], tl.float32)
@@ -217,9 +228,9 @@ def _walk_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexpr, ar
     while r0 < end:
         idx = r0 + row_steps + cols
         mask = (cols < row) & (r0 + row_steps < end)
-        d = tl.where(mask, DIRECTION(r0, idx, mask, args), 0.0)
+        d = tl.where(mask, DIRECTION(r0, idx, mask, args, FLAGS), 0.0)
         d = tl.where(mask, d - tl.div_rn(tl.sum(d, axis=1), length)[:, None], 0.0)
-        r1, r2 = APPLY(d, r0, idx, mask, args)
+        r1, r2 = APPLY(d, r0, idx, mask, args, FLAGS)
         acc1 += r1
         acc2 += r2
         r0 += RB * row
@@ -228,7 +239,7 @@ def _walk_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexpr, ar
 
 @triton.jit
 def _walk_long_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args,
-                    BLOCK: tl.constexpr):
+                    FLAGS: tl.constexpr, BLOCK: tl.constexpr):
     """Rows longer than a tile, one at a time: sum the row, then store the centered values."""
     acc1 = tl.zeros([BLOCK], tl.float32)
     acc2 = tl.zeros([BLOCK], tl.float32)
@@ -241,14 +252,14 @@ def _walk_long_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexp
         k = r0
         while k < row_end:
             idx = k + lanes
-            sums += tl.where(idx < row_end, DIRECTION(k, idx, idx < row_end, args), 0.0)
+            sums += tl.where(idx < row_end, DIRECTION(k, idx, idx < row_end, args, FLAGS), 0.0)
             k += BLOCK
         mean = tl.div_rn(tl.sum(sums, axis=0), length)
         k = r0
         while k < row_end:
             idx = k + lanes
             mask = idx < row_end
-            r1, r2 = APPLY(tl.where(mask, DIRECTION(k, idx, mask, args) - mean, 0.0), k, idx, mask, args)
+            r1, r2 = APPLY(tl.where(mask, DIRECTION(k, idx, mask, args, FLAGS) - mean, 0.0), k, idx, mask, args, FLAGS)
             acc1 += r1
             acc2 += r2
             k += BLOCK
@@ -257,22 +268,22 @@ def _walk_long_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexp
 
 
 @triton.jit
-def walk(first, start, end, row, cls, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args,
+def walk(first, start, end, row, cls, DIRECTION: tl.constexpr, APPLY: tl.constexpr, args, FLAGS: tl.constexpr,
          ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     """Carry one item through an op (see the module docstring); returns the item's two sums."""
     total1 = 0.0
     total2 = 0.0
     if CLASSES & 1:
         if cls == 0:
-            total1, total2 = _walk_flat(first, start, end, DIRECTION, APPLY, args, ALIGNED, BLOCK)
+            total1, total2 = _walk_flat(first, start, end, DIRECTION, APPLY, args, FLAGS, ALIGNED, BLOCK)
     for K in tl.static_range(1, 12):
         if (CLASSES >> K) & 1:
             if cls == K:
                 CB: tl.constexpr = 1 << (K - 1)
-                total1, total2 = _walk_rows(start, end, row, DIRECTION, APPLY, args, BLOCK // CB, CB)
+                total1, total2 = _walk_rows(start, end, row, DIRECTION, APPLY, args, FLAGS, BLOCK // CB, CB)
     if (CLASSES >> 12) & 1:
         if cls == 12:
-            total1, total2 = _walk_long_rows(start, end, row, DIRECTION, APPLY, args, BLOCK)
+            total1, total2 = _walk_long_rows(start, end, row, DIRECTION, APPLY, args, FLAGS, BLOCK)
     return total1, total2
 
 

@@ -82,19 +82,20 @@ def _memory_index(idx, dims, t):
 
 
 @triton.jit
-def _read_base(k, idx, mask, args):
-    p_ptr, b_ptr, dims, t, first_j, coef, seed, step, sample, PERMUTED, BLOCK = args
+def _read_base(k, idx, mask, args, PERMUTED: tl.constexpr):
+    p_ptr, b_ptr, dims, t, first_j, coef, seed, step, sample = args
     if PERMUTED:
         idx = _memory_index(idx, dims, t)
     return load(b_ptr + idx, mask)
 
 
 @triton.jit
-def _add_noise(b, k, idx, mask, args):
-    p_ptr, b_ptr, dims, t, first_j, coef, seed, step, sample, PERMUTED, BLOCK = args
+def _add_noise(b, k, idx, mask, args, PERMUTED: tl.constexpr):
+    p_ptr, b_ptr, dims, t, first_j, coef, seed, step, sample = args
+    normals = _normals((first_j + k) >> 2, seed, step, sample, idx.shape[0])
     if PERMUTED:
         idx = _memory_index(idx, dims, t)
-    store(p_ptr + idx, b + coef * _normals((first_j + k) >> 2, seed, step, sample, BLOCK), mask)
+    store(p_ptr + idx, b + coef * normals, mask)
     return 0.0, 0.0
 
 
@@ -107,29 +108,30 @@ def _noise_kernel(items, stride, p0, p_off, b0, b_off, noise_offsets, dims, coef
         t, start, end, row, cls = item_header(items, stride, pid)
         first_j = tl.load(noise_offsets + t)
         first = start - ((first_j + start) & 3)  # the tile grid starts at a Philox call
-        if step_ptr is not None:
-            step = tl.load(step_ptr)
+        t_step = step
+        if step_ptr is not None:  # read here, so a captured graph draws new noise at each replay
+            t_step = tl.load(step_ptr)
         p_ptr = slot_ptr(p0, p_off, t, ALIGNED)
         b_ptr = slot_ptr(b0, b_off, t, ALIGNED)
         a = scalar(coef, coef_ptr)
         permuted = False
         if PERMUTED:
             permuted = tl.load(dims + t * (1 + 2 * 5)) != 0
+        args = (p_ptr, b_ptr, dims, t, first_j, a, seed, t_step, sample)
         if permuted:
-            walk(first, start, end, row, cls, _read_base, _add_noise,
-                 (p_ptr, b_ptr, dims, t, first_j, a, seed, step, sample, True, BLOCK), False, 1, BLOCK)
+            walk(first, start, end, row, cls, _read_base, _add_noise, args, True, False, 1, BLOCK)
         else:
-            walk(first, start, end, row, cls, _read_base, _add_noise,
-                 (p_ptr, b_ptr, dims, t, first_j, a, seed, step, sample, False, BLOCK), ALIGNED, 1, BLOCK)
+            walk(first, start, end, row, cls, _read_base, _add_noise, args, False, ALIGNED, 1, BLOCK)
 
 
 @triton.jit
 def _philox_kernel(out, n, offset, seed, step, step_ptr, sample, BLOCK: tl.constexpr):
     k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = k < n
+    t_step = step
     if step_ptr is not None:
-        step = tl.load(step_ptr)
-    x0, x1, x2, x3 = _philox_words(offset + k, seed, step, sample)
+        t_step = tl.load(step_ptr)
+    x0, x1, x2, x3 = _philox_words(offset + k, seed, t_step, sample)
     tl.store(out + 4 * k, x0.to(tl.int64), mask=mask)
     tl.store(out + 4 * k + 1, x1.to(tl.int64), mask=mask)
     tl.store(out + 4 * k + 2, x2.to(tl.int64), mask=mask)

@@ -6,32 +6,34 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import item_header, load, load_raw, scalar, scalar_args, skipped, slot_ptr, store, walk
+from .common import flags, item_header, load, load_raw, scalar, scalar_args, skipped, slot_ptr, store, walk
+
+MINUS, BASE, SAVE, COPY, ADAPTIVE = (tl.constexpr(1 << i) for i in range(5))
 
 
 @triton.jit
-def _direction(k, idx, mask, args):
-    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip, HAS_MINUS, HAS_BASE, SAVE, COPY, ADAPTIVE = args
+def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
+    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
     d = load(d_ptr + idx, mask)
-    if HAS_MINUS:
+    if FLAGS & MINUS:
         d = d - load(minus_ptr + idx, mask)
     return d
 
 
 @triton.jit
-def _perturb(d, k, idx, mask, args):
-    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip, HAS_MINUS, HAS_BASE, SAVE, COPY, ADAPTIVE = args
-    if SAVE or not HAS_BASE:
-        p = load_raw(p_ptr + idx, mask)
-    if SAVE:  # bit-exact backup, written even when the step is skipped (as the reference does)
-        store(save_ptr + idx, p, mask)
-    if COPY:
-        store(copy_ptr + idx, load_raw(d_ptr + idx, mask), mask)
-    if HAS_BASE:
+def _perturb(d, k, idx, mask, args, FLAGS: tl.constexpr):
+    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
+    if FLAGS & BASE:
         b = load(b_ptr + idx, mask)
-    else:
-        b = p.to(tl.float32)
-    if ADAPTIVE:
+    if (FLAGS & SAVE) or not (FLAGS & BASE):
+        p = load_raw(p_ptr + idx, mask)
+        if FLAGS & SAVE:  # bit-exact backup, written even when the step is skipped (as the reference does)
+            store(save_ptr + idx, p, mask)
+        if not (FLAGS & BASE):
+            b = p.to(tl.float32)
+    if FLAGS & COPY:
+        store(copy_ptr + idx, load_raw(d_ptr + idx, mask), mask)
+    if FLAGS & ADAPTIVE:
         d = d * (b * b)
     if not skip:
         store(p_ptr + idx, b + d * s, mask)
@@ -41,15 +43,13 @@ def _perturb(d, k, idx, mask, args):
 @triton.jit
 def _perturb_kernel(items, stride, p0, p_off, d0, d_off, minus0, minus_off, b0, b_off, save0, save_off,
                     copy0, copy_off, scale, scale_ptr, found_inf,
-                    HAS_MINUS: tl.constexpr, HAS_BASE: tl.constexpr, SAVE: tl.constexpr, COPY: tl.constexpr,
-                    ADAPTIVE: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
+                    FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t, start, end, row, cls = item_header(items, stride, pid)
     args = (slot_ptr(p0, p_off, t, ALIGNED), slot_ptr(d0, d_off, t, ALIGNED), slot_ptr(minus0, minus_off, t, ALIGNED),
             slot_ptr(b0, b_off, t, ALIGNED), slot_ptr(save0, save_off, t, ALIGNED),
-            slot_ptr(copy0, copy_off, t, ALIGNED), scalar(scale, scale_ptr), skipped(found_inf),
-            HAS_MINUS, HAS_BASE, SAVE, COPY, ADAPTIVE)
-    walk(start, start, end, row, cls, _direction, _perturb, args, ALIGNED, CLASSES, BLOCK)
+            slot_ptr(copy0, copy_off, t, ALIGNED), scalar(scale, scale_ptr), skipped(found_inf))
+    walk(start, start, end, row, cls, _direction, _perturb, args, FLAGS, ALIGNED, CLASSES, BLOCK)
 
 
 def perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=None, centralize=False,
@@ -59,11 +59,11 @@ def perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=N
         return
     ps, ds = t.slot(p), t.slot(d)
     slots = [ps, ds] + [t.slot(name) if name is not None else ps for name in (minus, base, save_to, copy_d_to)]
-    scale_factor, scale_ptr = scalar_args(scale)
+    switches = flags((MINUS, minus is not None), (BASE, base is not None), (SAVE, save_to is not None),
+                     (COPY, copy_d_to is not None), (ADAPTIVE, adaptive))
     with t.launching():
         _perturb_kernel[(items.count,)](
-            items.table, items.stride, *[x for s in slots for x in (s.base, s.offsets)], scale_factor, scale_ptr,
-            found_inf, HAS_MINUS=minus is not None, HAS_BASE=base is not None, SAVE=save_to is not None,
-            COPY=copy_d_to is not None, ADAPTIVE=bool(adaptive), ALIGNED=all(s.aligned for s in slots),
-            CLASSES=items.classes, BLOCK=t.block, num_warps=t.num_warps,
+            items.table, items.stride, *[x for s in slots for x in (s.base, s.offsets)], *scalar_args(scale),
+            found_inf, FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes,
+            BLOCK=t.block, num_warps=t.num_warps,
         )

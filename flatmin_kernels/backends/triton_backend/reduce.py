@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..contract import InvNorm, Ratio
-from .common import finite, item_header, load, slot_ptr, walk
+from .common import finite, flags, item_header, load, slot_ptr, walk
 
 FINISH_BLOCK = 1024
 _NO_EPILOGUE, _INV_NORM, _RATIO = 0, 1, 2
@@ -74,36 +74,40 @@ def finish(t, count, out, index, accumulate, epilogue=None, two=False):
 
 # ----------------------------------------------------------------------------- stage 1
 
+WEIGHTS, DOT = tl.constexpr(1), tl.constexpr(2)
+
 
 @triton.jit
-def _read_x(k, idx, mask, args):
-    x_ptr, y_ptr, Y_MODE = args
+def _read_x(k, idx, mask, args, FLAGS: tl.constexpr):
+    x_ptr, y_ptr = args
     return load(x_ptr + idx, mask)
 
 
 @triton.jit
-def _square_or_product(d, k, idx, mask, args):
-    """sumsq: (d * |w|)^2 (Y_MODE 1: with weights w, 0: without); dot (Y_MODE 2): d * y."""
-    x_ptr, y_ptr, Y_MODE = args
-    if Y_MODE == 2:
-        return d * load(y_ptr + idx, mask), 0.0
-    if Y_MODE == 1:
-        d = d * tl.abs(load(y_ptr + idx, mask))
-    return d * d, 0.0
+def _square_or_product(d, k, idx, mask, args, FLAGS: tl.constexpr):
+    """sumsq: (d * |w|)^2 (|w| with WEIGHTS); dot: d * y."""
+    x_ptr, y_ptr = args
+    if FLAGS & DOT:
+        v = d * load(y_ptr + idx, mask)
+    else:
+        if FLAGS & WEIGHTS:
+            d = d * tl.abs(load(y_ptr + idx, mask))
+        v = d * d
+    return v, 0.0
 
 
 @triton.jit
 def _partials_kernel(items, stride, x0, x_off, y0, y_off, partials,
-                     Y_MODE: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t, start, end, row, cls = item_header(items, stride, pid)
-    args = (slot_ptr(x0, x_off, t, ALIGNED), slot_ptr(y0, y_off, t, ALIGNED), Y_MODE)
-    total, _ = walk(start, start, end, row, cls, _read_x, _square_or_product, args, ALIGNED, CLASSES, BLOCK)
+    args = (slot_ptr(x0, x_off, t, ALIGNED), slot_ptr(y0, y_off, t, ALIGNED))
+    total, _ = walk(start, start, end, row, cls, _read_x, _square_or_product, args, FLAGS, ALIGNED, CLASSES,
+                    BLOCK)
     tl.store(partials + pid, total)
 
 
-def _reduce(t, x, y, y_mode, centralize, out, index, accumulate, epilogue):
+def _reduce(t, x, y, mode, centralize, out, index, accumulate, epilogue):
     items = t.centralized if centralize else t.plain
     xs = t.slot(x)
     ys = t.slot(y) if y is not None else xs
@@ -111,15 +115,15 @@ def _reduce(t, x, y, y_mode, centralize, out, index, accumulate, epilogue):
         if items.count:
             _partials_kernel[(items.count,)](
                 items.table, items.stride, xs.base, xs.offsets, ys.base, ys.offsets, t.partials,
-                Y_MODE=y_mode, ALIGNED=xs.aligned and ys.aligned, CLASSES=items.classes, BLOCK=t.block,
+                FLAGS=mode, ALIGNED=xs.aligned and ys.aligned, CLASSES=items.classes, BLOCK=t.block,
                 num_warps=t.num_warps,
             )
         finish(t, items.count, out, index, accumulate, epilogue)
 
 
 def sumsq(t, x, *, weights=None, centralize=False, out, index=0, accumulate=False, epilogue=None):
-    _reduce(t, x, weights, 1 if weights is not None else 0, centralize, out, index, accumulate, epilogue)
+    _reduce(t, x, weights, flags((WEIGHTS, weights is not None)), centralize, out, index, accumulate, epilogue)
 
 
 def dot(t, x, y, *, out, index=0, accumulate=False):
-    _reduce(t, x, y, 2, False, out, index, accumulate, None)
+    _reduce(t, x, y, flags((DOT, True)), False, out, index, accumulate, None)
