@@ -49,19 +49,19 @@ def _update(g, k, idx, mask, args, FLAGS: tl.constexpr):
     m = m + (g - m) * one_minus_beta1
     v = load(v_ptr + idx, mask) * beta2 + (g * g) * one_minus_beta2
     second = v
-    if FLAGS & AMSGRAD:
+    if AMSGRAD & FLAGS:
         second = tl.maximum(load(vmax_ptr + idx, mask), v, propagate_nan=tl.PropagateNan.ALL)
     decayed = b
-    if FLAGS & DECOUPLED:
+    if DECOUPLED & FLAGS:
         decayed = b * decay
     new = decayed - tl.div_rn(m, tl.div_rn(tl.sqrt_rn(second), bias2_sqrt) + eps) * step_size
     if not skip:
         store(m_ptr + idx, m, mask)
         store(v_ptr + idx, v, mask)
-        if FLAGS & AMSGRAD:
+        if AMSGRAD & FLAGS:
             store(vmax_ptr + idx, second, mask)
         store(p_ptr + idx, new, mask)
-    elif FLAGS & BACKUP:  # a skipped step still restores
+    elif BACKUP & FLAGS:  # a skipped step still restores
         store(p_ptr + idx, b, mask)
     return 0.0, 0.0
 

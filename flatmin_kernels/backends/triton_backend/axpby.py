@@ -23,23 +23,23 @@ def _read_x(k, idx, mask, args, FLAGS: tl.constexpr):
 def _combine(x, k, idx, mask, args, FLAGS: tl.constexpr):
     y_ptr, x_ptr, z_ptr, w_ptr, a, b = args
     new = x * b
-    if FLAGS & READ_Y:  # a == 0 (a python number) must not read y: it may hold garbage
+    if READ_Y & FLAGS:  # a == 0 (a python number) must not read y: it may hold garbage
         new = load(y_ptr + idx, mask) * a + new
     store(y_ptr + idx, new, mask)
     sum1 = 0.0
     sum2 = 0.0
-    if FLAGS & REDUCE_X:  # |w| (x - z)
+    if REDUCE_X & FLAGS:  # |w| (x - z)
         v = x
-        if FLAGS & HAS_Z:
+        if HAS_Z & FLAGS:
             v = v - load(z_ptr + idx, mask)
-        if FLAGS & HAS_W:
+        if HAS_W & FLAGS:
             v = v * tl.abs(load(w_ptr + idx, mask))
         sum1 = v * v
-    if FLAGS & REDUCE_Y:  # y', y' z
+    if REDUCE_Y & FLAGS:  # y', y' z
         if mask is not None:
             new = tl.where(mask, new, 0.0)
         sum1 = new * new
-        if FLAGS & HAS_Z:
+        if HAS_Z & FLAGS:
             sum2 = new * load(z_ptr + idx, mask)
     return sum1, sum2
 
@@ -52,9 +52,9 @@ def _axpby_kernel(items, stride, y0, y_off, x0, x_off, z0, z_off, w0, w_off, a, 
     args = (slot_ptr(y0, y_off, t, ALIGNED), slot_ptr(x0, x_off, t, ALIGNED), slot_ptr(z0, z_off, t, ALIGNED),
             slot_ptr(w0, w_off, t, ALIGNED), scalar(a, a_ptr), scalar(b, b_ptr))
     total1, total2 = walk(start, start, end, row, cls, _read_x, _combine, args, FLAGS, ALIGNED, 1, BLOCK)
-    if FLAGS & (REDUCE_X | REDUCE_Y):
+    if (REDUCE_X | REDUCE_Y) & FLAGS:
         tl.store(partials + pid, total1)
-        if FLAGS & HAS_Z:
+        if HAS_Z & FLAGS:
             tl.store(partials + capacity + pid, total2)
 
 

@@ -62,7 +62,9 @@ def device_guard(device: torch.device):
 
 
 def flags(*switches) -> int:
-    """One constexpr bitmask from ``(bit, on)`` pairs (bits are ``tl.constexpr`` powers of 2)."""
+    """One constexpr bitmask from ``(bit, on)`` pairs. Bits are ``tl.constexpr`` powers of 2 (the
+    only globals a compiled kernel may read), tested as ``BIT & FLAGS`` (in the interpreter
+    FLAGS is a python int, which cannot take a constexpr on its right)."""
     return sum(bit.value for bit, on in switches if on)
 
 
@@ -162,13 +164,13 @@ def update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scal
     """The gradient a base update sees, before GC: (g_coef g + g2_coef g2) / grad_scale,
     negated when maximizing, plus L2 decay of b (the backup, or p)."""
     g = load(g_ptr + idx, mask) * g_coef
-    if FLAGS & G2:
+    if G2 & FLAGS:
         g = g + load(g2_ptr + idx, mask) * g2_coef
-    if FLAGS & GRAD_SCALE:
+    if GRAD_SCALE & FLAGS:
         g = tl.div_rn(g, grad_scale)
-    if FLAGS & MAXIMIZE:
+    if MAXIMIZE & FLAGS:
         g = -g
-    if FLAGS & L2:
+    if L2 & FLAGS:
         g = g + load(b_ptr + idx, mask) * weight_decay
     return g
 

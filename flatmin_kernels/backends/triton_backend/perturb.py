@@ -15,7 +15,7 @@ MINUS, BASE, SAVE, COPY, ADAPTIVE = (tl.constexpr(1 << i) for i in range(5))
 def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
     p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
     d = load(d_ptr + idx, mask)
-    if FLAGS & MINUS:
+    if MINUS & FLAGS:
         d = d - load(minus_ptr + idx, mask)
     return d
 
@@ -23,17 +23,17 @@ def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
 @triton.jit
 def _perturb(d, k, idx, mask, args, FLAGS: tl.constexpr):
     p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
-    if FLAGS & BASE:
+    if BASE & FLAGS:
         b = load(b_ptr + idx, mask)
-    if (FLAGS & SAVE) or not (FLAGS & BASE):
+    if (SAVE & FLAGS) or not (BASE & FLAGS):
         p = load_raw(p_ptr + idx, mask)
-        if FLAGS & SAVE:  # bit-exact backup, written even when the step is skipped (as the reference does)
+        if SAVE & FLAGS:  # bit-exact backup, written even when the step is skipped (as the reference does)
             store(save_ptr + idx, p, mask)
-        if not (FLAGS & BASE):
+        if not (BASE & FLAGS):
             b = p.to(tl.float32)
-    if FLAGS & COPY:
+    if COPY & FLAGS:
         store(copy_ptr + idx, load_raw(d_ptr + idx, mask), mask)
-    if FLAGS & ADAPTIVE:
+    if ADAPTIVE & FLAGS:
         d = d * (b * b)
     if not skip:
         store(p_ptr + idx, b + d * s, mask)

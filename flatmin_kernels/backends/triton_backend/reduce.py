@@ -87,10 +87,10 @@ def _read_x(k, idx, mask, args, FLAGS: tl.constexpr):
 def _square_or_product(d, k, idx, mask, args, FLAGS: tl.constexpr):
     """sumsq: (d * |w|)^2 (|w| with WEIGHTS); dot: d * y."""
     x_ptr, y_ptr = args
-    if FLAGS & DOT:
+    if DOT & FLAGS:
         v = d * load(y_ptr + idx, mask)
     else:
-        if FLAGS & WEIGHTS:
+        if WEIGHTS & FLAGS:
             d = d * tl.abs(load(y_ptr + idx, mask))
         v = d * d
     return v, 0.0

@@ -23,20 +23,20 @@ def _update(g, k, idx, mask, args, FLAGS: tl.constexpr):
     p_ptr, g_ptr, g2_ptr, buf_ptr, b_ptr, g_coef, g2_coef, grad_scale, weight_decay, lr, momentum, damped, skip = args
     b = load(b_ptr + idx, mask)  # before any store, so the compiler reuses the direction's load
     d = g
-    if FLAGS & MOMENTUM:
-        if FLAGS & INIT_BUFFERS:
+    if MOMENTUM & FLAGS:
+        if INIT_BUFFERS & FLAGS:
             buf = g
         else:
             buf = load(buf_ptr + idx, mask) * momentum + g * damped
         if not skip:
             store(buf_ptr + idx, buf, mask)
-        if FLAGS & NESTEROV:
+        if NESTEROV & FLAGS:
             d = g + buf * momentum
         else:
             d = buf
     if not skip:
         store(p_ptr + idx, b - d * lr, mask)
-    elif FLAGS & BACKUP:  # a skipped step still restores
+    elif BACKUP & FLAGS:  # a skipped step still restores
         store(p_ptr + idx, b, mask)
     return 0.0, 0.0
 
