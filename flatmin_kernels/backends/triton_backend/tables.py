@@ -28,6 +28,7 @@ stream is safe on another.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,8 @@ from ..contract import StaleTable
 from .common import ALIGN, CHUNK, INTERPRET, LONG, MAX_BLOCK, PLAIN, device_guard, num_warps
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_data_ptr = torch.Tensor.data_ptr
+_grad = operator.attrgetter("grad")
 MAX_DIMS = 5  # dims of a permuted (non-contiguous dense) tensor the noise can index
 
 
@@ -304,8 +307,10 @@ class Table:
             dtype = t.dtype
 
     def bind(self, name, tensors):
+        """Slot ``name`` reads ``tensors`` (rebinding replaces it, a grad slot included)."""
         tensors = list(tensors)
         self._check_list(name, tensors, ValueError)
+        self._grad_slots.discard(name)
         self._set_slot(name, tensors, [t.data_ptr() for t in tensors])
 
     def bind_scalars(self, name, tensors):
@@ -315,12 +320,14 @@ class Table:
         for i, s in enumerate(tensors):
             if s.numel() != 1 or s.dtype != torch.float32 or s.device != self.device:
                 raise ValueError(f"{name}[{i}] must be a one-element float32 tensor on {self.device}")
+        self._grad_slots.discard(name)
         self._set_slot(name, tensors, [t.data_ptr() for t in tensors])
 
     def bind_grads(self, name="grad"):
         """Slot ``name`` reads ``tensors[i].grad``: now if every gradient is there, and at every
         ``refresh``."""
         self._grad_slots.add(name)
+        self._slots.pop(name, None)
         grads = [t.grad for t in self.tensors]
         if all(g is not None for g in grads):
             self._check_list(name, grads, ValueError)
@@ -335,7 +342,7 @@ class Table:
         current CUDA stream is capturing a graph."""
         moved = []
         tensors = self.tensors
-        ptrs = [t.data_ptr() for t in tensors]
+        ptrs = list(map(_data_ptr, tensors))
         if ptrs != self._slots["param"].ptrs:
             for i, (t, shape) in enumerate(zip(tensors, self._shape)):
                 if (t.dtype, t.device, t.numel(), _layout(t)) != shape:
@@ -343,10 +350,10 @@ class Table:
                                      f"laid out as {_layout(t)}")
             moved.append(("param", tensors, ptrs))
         for name in (self._grad_slots if grads else ()):
-            lst = [t.grad for t in tensors]
+            lst = list(map(_grad, tensors))
             try:
-                ptrs = [g.data_ptr() for g in lst]
-            except AttributeError:  # a gradient is None
+                ptrs = list(map(_data_ptr, lst))
+            except TypeError:  # a gradient is None
                 self._check_list(name, lst, StaleTable)
                 raise
             slot = self._slots.get(name)
