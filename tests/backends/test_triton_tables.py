@@ -1,6 +1,8 @@
 """The Triton backend's tables: built once, refreshed by re-reading pointers only, the layouts
 they take (channels_last, other dense permutations, alike in every slot) or refuse, every GC
 row class and multi-item tensor against the reference, and every error message."""
+import contextlib
+
 import pytest
 import torch
 
@@ -348,6 +350,81 @@ def test_a_table_spans_one_device():
 
 
 # ----------------------------------------------------------------------------- devices and streams
+
+
+class _FakeStream:
+    def __init__(self, number):
+        self.cuda_stream, self.waited = number, []
+
+    def wait_stream(self, other):
+        self.waited.append(other.cuda_stream)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch's CUDA stream and device queries answered by fakes, to check on a machine without
+    a GPU what a table does when the current stream or device is not the one it last used."""
+    state = {"stream": 1, "device": 0, "capturing": False, "recorded": [], "guards": []}
+    streams = {n: _FakeStream(n) for n in (1, 2, 3)}
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: state["stream"], raising=False)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index=None: streams[state["stream"]])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["device"])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(torch.cuda, "device", lambda index: state["guards"].append(index) or contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream",
+                        lambda self, stream: state["recorded"].append((self.data_ptr(), stream.cuda_stream)))
+    state["streams"] = streams
+    return state
+
+
+def _as_if_on_cuda(table, index):
+    table.device, table._cuda, table._index = torch.device("cuda", index), True, index
+    return table
+
+
+def test_a_table_follows_the_current_stream(fake_cuda):
+    table = tb.Table(_randn(SHAPES, 0))
+    table.bind("m", _randn(SHAPES, 1))
+    _as_if_on_cuda(table, 0)
+    owned = {t.data_ptr() for t in (table._work, table.partials, table.slot("param").offsets, table.slot("m").offsets)}
+    streams = fake_cuda["streams"]
+    with table.launching():
+        pass
+    assert {ptr for ptr, s in fake_cuda["recorded"]} == owned and streams[1].waited == []
+    fake_cuda["recorded"].clear()
+    with table.launching():  # same stream: nothing to do
+        pass
+    assert fake_cuda["recorded"] == []
+    fake_cuda["stream"] = 2
+    with table.launching():  # a new stream waits for the old one, then claims the table's tensors
+        pass
+    assert streams[2].waited == [1]
+    assert sorted(fake_cuda["recorded"]) == sorted((ptr, 2) for ptr in owned)
+    fake_cuda["stream"], fake_cuda["capturing"] = 3, True
+    with table.launching():  # torch.cuda.graph synchronized before capturing: no wait
+        pass
+    assert streams[3].waited == []
+
+
+def test_a_launch_runs_under_the_tables_device_only_when_it_is_not_current(fake_cuda):
+    table = _as_if_on_cuda(tb.Table(_randn(SHAPES, 0)), 1)
+    fake_cuda["device"] = 1
+    with table.launching():
+        pass
+    assert fake_cuda["guards"] == []
+    fake_cuda["device"] = 0
+    with table.launching():
+        pass
+    assert fake_cuda["guards"] == [1]
+
+
+def test_no_upload_while_capturing(fake_cuda):
+    """bind (like refresh) uploads offsets; a graph would replay that copy from a freed buffer."""
+    table = _as_if_on_cuda(tb.Table(_randn(SHAPES, 0)), 0)
+    fake_cuda["capturing"] = True
+    with pytest.raises(RuntimeError, match=r"a table would be rebuilt during CUDA graph capture \(its offsets "
+                                           r"uploaded\); bind and refresh before capturing"):
+        table._upload([0, 24, 31])
 
 
 @pytest.mark.gpu

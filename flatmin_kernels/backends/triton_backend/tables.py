@@ -217,8 +217,7 @@ class Table:
         self._slots = {}
         self._grad_slots = set()
         self._offset_vectors = {}  # slot name -> its device offsets, kept across rebinding
-        with self.launching():
-            self._build()
+        self._build()  # no launch can be waiting for tensors that do not exist yet
         self._set_slot("param", tensors, [t.data_ptr() for t in tensors])
 
     # ------------------------------------------------------------------------- build
@@ -266,6 +265,9 @@ class Table:
         """``values`` (python ints) as an int64 device tensor, copied into ``into`` if given."""
         host = torch.tensor(values if values else [0], dtype=torch.int64)
         if self._cuda:
+            if self._capturing():  # a graph would replay the copy from a host buffer long gone
+                raise RuntimeError("a table would be rebuilt during CUDA graph capture (its offsets uploaded); "
+                                   "bind and refresh before capturing")
             host = host.pin_memory()
         if into is None:
             into = torch.empty_like(host, device=self.device)
