@@ -287,6 +287,14 @@ def test_views_with_gaps_are_not_served():
     assert not tb.serves(x.double()) and not tb.serves(torch.tensor(1.0, device=DEVICE), gc=True)
 
 
+def _at_odd_byte(n):
+    """n float32 elements two bytes past a 4-byte boundary (a view of a python buffer: torch
+    itself makes no such tensor, so there is none on CUDA)."""
+    if DEVICE != "cpu":
+        pytest.skip("only a CPU buffer can put a float32 tensor at an odd address")
+    return torch.frombuffer(bytearray(4 * n + 2), dtype=torch.float32, offset=2, count=n)
+
+
 def _error_cases():
     x = _randn(SHAPES, 0)
     return {
@@ -306,7 +314,7 @@ def _error_cases():
         "offsets": (lambda: tb.Table(x, offsets=[0]), ValueError, r"offsets has 1 entries for 3 tensors"),
         "bind_length": (lambda: tb.Table(x).bind("m", x[:2]), ValueError, r"m has 2 tensors for 3"),
         "bind_numel": (lambda: tb.Table(x).bind("m", [x[0], x[0], x[2]]), ValueError,
-                       r"m\[1\] \(24 elements on cpu\) does not match tensor 1 \(7 elements on cpu\)"),
+                       rf"m\[1\] \(24 elements on {DEVICE}\S*\) does not match tensor 1 \(7 elements on {DEVICE}"),
         "bind_layout": (lambda: tb.Table(x).bind("m", [torch.randn(6, 4, device=DEVICE).t(), x[1], x[2]]),
                         ValueError, r"m\[0\] is laid out as \(\(4, 6\), \(1, 4\)\), tensor 0 as contiguous: "
                                     r"the triton backend needs every slot laid out alike"),
@@ -316,8 +324,10 @@ def _error_cases():
                       r"m\[0\] is torch.float64 \(torch.strided\); served"),
         "bind_none": (lambda: tb.Table(x).bind("m", [x[0], None, x[2]]), ValueError,
                       r"m\[1\] is None \(parameter 1 has no gradient\)"),
-        "scalars": (lambda: tb.Table(x).bind_scalars("steps", [torch.zeros(1, device=DEVICE)] * 2 + [torch.zeros(2)]),
-                    ValueError, r"steps\[2\] must be a one-element float32 tensor on cpu"),
+        "bind_odd_address": (lambda: tb.Table(x).bind("m", [x[0], _at_odd_byte(7), x[2]]), ValueError,
+                             r"m\[1\] is not a whole number of elements away from m\[0\]"),
+        "scalars": (lambda: tb.Table(x).bind_scalars("steps", [torch.zeros(1, device=DEVICE)] * 2 + [torch.zeros(2, device=DEVICE)]),
+                    ValueError, rf"steps\[2\] must be a one-element float32 tensor on {DEVICE}"),
         "scalars_length": (lambda: tb.Table(x).bind_scalars("steps", []), ValueError, r"steps has 0 tensors for 3"),
         "no_slot": (lambda: tb.Table(x).slot("m"), ValueError, r"no slot named 'm' is bound to this table"),
         "noise_offsets": (lambda: tb.noise_(tb.Table(x), "param", 1.0, seed=0, step=0, sample=0), ValueError,
@@ -328,7 +338,8 @@ def _error_cases():
                    r"reduce must be None, 'x' or 'y', got 'z'"),
         "reduce_out": (lambda: tb.axpby_(tb.Table(x), "param", "param", 1.0, 1.0, reduce="x"), ValueError,
                        r"axpby_ with reduce='x' needs out"),
-        "epilogue": (lambda: tb.sumsq(tb.Table(x), "param", out=torch.zeros(1), epilogue="norm"), TypeError,
+        "epilogue": (lambda: tb.sumsq(tb.Table(x), "param", out=torch.zeros(1, device=DEVICE), epilogue="norm"),
+                     TypeError,
                      r"unknown epilogue 'norm'"),
     }
 

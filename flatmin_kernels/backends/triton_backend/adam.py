@@ -79,8 +79,10 @@ def _adam_kernel(items, stride, p0, p_off, g0, g_off, g2_0, g2_off, m0, m_off, v
         decay = 1.0 - lr_value * weight_decay
     # Bias corrections in fp64, rounded to fp32 (as torch.optim computes them on the host).
     n = tl.load(steps0 + tl.load(steps_off + t)).to(tl.int32) + 1
-    bias1 = (1.0 - _pow_f64(tl.cast(beta1_hi, tl.float64) + tl.cast(beta1_lo, tl.float64), n)).to(tl.float32)
-    bias2_sqrt = tl.sqrt(1.0 - _pow_f64(tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64), n)).to(tl.float32)
+    beta1_f64 = tl.cast(beta1_hi, tl.float64) + tl.cast(beta1_lo, tl.float64)
+    beta2_f64 = tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)
+    bias1 = (1.0 - _pow_f64(beta1_f64, n)).to(tl.float32)
+    bias2_sqrt = tl.sqrt(1.0 - _pow_f64(beta2_f64, n)).to(tl.float32)
     args = (slot_ptr(p0, p_off, t, ALIGNED), slot_ptr(g0, g_off, t, ALIGNED), slot_ptr(g2_0, g2_off, t, ALIGNED),
             slot_ptr(m0, m_off, t, ALIGNED), slot_ptr(v0, v_off, t, ALIGNED), slot_ptr(vmax0, vmax_off, t, ALIGNED),
             slot_ptr(b0, b_off, t, ALIGNED), scalar(g_coef, g_coef_ptr), scalar(g2_coef, g2_coef_ptr),
@@ -119,9 +121,9 @@ def step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_deca
                 items.table, items.stride, *[x for s in slots for x in (s.base, s.offsets)],
                 step_slot.base, step_slot.offsets, *scalar_args(g_coef), *scalar_args(g2_coef), lr_factor, lr_ptr,
                 grad_scale, found_inf, *_f64_parts(beta1), *_f64_parts(beta2), float(1 - beta1), float(beta2),
-                float(1 - beta2), float(eps), float(weight_decay),
-                decay,
-                FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes, BLOCK=t.block, num_warps=t.num_warps,
+                float(1 - beta2), float(eps), float(weight_decay), decay,
+                FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes, BLOCK=t.block,
+                num_warps=t.num_warps,
             )
         _advance_steps_kernel[(triton.cdiv(t.n, STEPS_BLOCK),)](
             step_slot.base, step_slot.offsets, t.n, found_inf, BLOCK=STEPS_BLOCK, num_warps=4,

@@ -44,9 +44,12 @@ MAX_BLOCK = 1024  # elements per tile (RB * CB); smaller for buckets of small te
 CHUNK = 64 * 1024  # elements per plain work item (apex / torch's multi_tensor_apply chunk)
 ALIGN = 16  # elements: what ALIGNED promises about every slot offset and item start
 _NO_GUARD = contextlib.nullcontext()
-PLAIN = 0  # item classes (see the module docstring); short GC rows are 1 .. LONG - 1
-LONG = 12  # GC rows longer than MAX_BLOCK (the kernels spell these numbers out: Triton
-# kernels read no python globals)
+# Item classes (see the module docstring): PLAIN, short GC rows 1 .. LONG - 1 (CB = 1 ..
+# MAX_BLOCK), LONG. ``walk`` spells these numbers out: bit tests of an int by a constexpr
+# global do not run in the interpreter.
+PLAIN = 0
+LONG = 12
+assert 1 + (MAX_BLOCK.bit_length() - 1) == LONG - 1, "the short-row classes end below LONG"
 
 
 def num_warps(block: int) -> int:
@@ -254,14 +257,16 @@ def _walk_long_rows(start, end, row, DIRECTION: tl.constexpr, APPLY: tl.constexp
         k = r0
         while k < row_end:
             idx = k + lanes
-            sums += tl.where(idx < row_end, DIRECTION(k, idx, idx < row_end, args, FLAGS), 0.0)
+            mask = idx < row_end
+            sums += tl.where(mask, DIRECTION(k, idx, mask, args, FLAGS), 0.0)
             k += BLOCK
         mean = tl.div_rn(tl.sum(sums, axis=0), length)
         k = r0
         while k < row_end:
             idx = k + lanes
             mask = idx < row_end
-            r1, r2 = APPLY(tl.where(mask, DIRECTION(k, idx, mask, args, FLAGS) - mean, 0.0), k, idx, mask, args, FLAGS)
+            d = tl.where(mask, DIRECTION(k, idx, mask, args, FLAGS) - mean, 0.0)
+            r1, r2 = APPLY(d, k, idx, mask, args, FLAGS)
             acc1 += r1
             acc2 += r2
             k += BLOCK

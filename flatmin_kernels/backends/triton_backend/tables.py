@@ -91,7 +91,7 @@ def _dense(t: torch.Tensor) -> bool:
 
 
 def _packed_dims(t: torch.Tensor):
-    """(sizes, strides) of t's dims of size > 1, outermost first."""
+    """(sizes, strides) of t's dims of size > 1, in the order of its shape."""
     dims = [(n, s) for n, s in zip(t.shape, t.stride()) if n > 1]
     return [n for n, _ in dims], [s for _, s in dims]
 
@@ -110,7 +110,7 @@ def _row_class(row: int, block: int):
         return LONG, max(1, CHUNK // row)
     cb = triton.next_power_of_2(row)
     rb = block // cb
-    return 1 + cb.bit_length() - 1, max(rb, (CHUNK // row) // rb * rb)
+    return cb.bit_length(), max(rb, (CHUNK // row) // rb * rb)  # class 1 + log2(CB)
 
 
 def _plain_items(i, numel):
@@ -237,7 +237,7 @@ class Table:
         dims_at = len(host)
         permuted = [not t.is_contiguous() for t in tensors]
         self.permuted = any(permuted)
-        if self.permuted:  # per tensor: flag, sizes, strides (outermost first, padded with 1s)
+        if self.permuted:  # per tensor: flag, sizes, strides (shape order, padded in front)
             for t, flag in zip(tensors, permuted):
                 sizes, strides = _packed_dims(t) if flag else ([], [])
                 pad = MAX_DIMS - len(sizes)
@@ -276,10 +276,10 @@ class Table:
 
     # ------------------------------------------------------------------------- slots
 
-    def _set_slot(self, name, tensors, ptrs):
+    def _set_slot(self, name, tensors, ptrs, located=None):
         """Point slot ``name`` at ``tensors``, uploading their offsets only if they changed (into
         the slot's own device vector, so a captured graph keeps reading the right one)."""
-        base, offsets = _locate(tensors, ptrs, name)
+        base, offsets = located or _locate(tensors, ptrs, name)
         old = self._slots.get(name)
         if old is not None and old.host_offsets == offsets:
             device_offsets = old.offsets  # same offsets from a new base: nothing to upload
@@ -365,8 +365,12 @@ class Table:
         if moved and self._cuda and self._capturing():
             raise RuntimeError(f"refresh during CUDA graph capture: the storage of {moved[0][0]!r} moved, so a "
                                f"table would be rebuilt during capture; refresh before capturing")
-        for name, lst, ptrs in moved:
-            self._set_slot(name, lst, ptrs)
+        try:
+            located = [_locate(lst, ptrs, name) for name, lst, ptrs in moved]
+        except ValueError as exc:
+            raise StaleTable(str(exc)) from None
+        for (name, lst, ptrs), where in zip(moved, located):
+            self._set_slot(name, lst, ptrs, where)
 
     def slot(self, name) -> Slot:
         try:
