@@ -14,7 +14,7 @@ if "triton" not in available_backends():
     pytest.skip("the triton backend is not available here", allow_module_level=True)
 
 from flatmin_kernels.backends import triton_backend as tb  # noqa: E402
-from flatmin_kernels.backends.triton_backend.tables import Table  # noqa: E402
+from flatmin_kernels.backends.triton_backend.tables import Items, Table  # noqa: E402
 
 from .op_cases import assert_lists_close, build_table, clone_lists, offsets_of  # noqa: E402
 
@@ -264,6 +264,31 @@ def test_every_gc_row_class_and_multi_item_tensor_match_the_reference():
                    epilogue=InvNorm(eps=1e-12, inv=1, inf=2))
         sums.append(out)
     torch.testing.assert_close(sums[0], sums[1], rtol=2e-5, atol=0)
+
+
+def test_offsets_and_indices_beyond_two_to_the_31_elements():
+    """64-bit addressing: a slot offset past 2**31 elements (two views of one 4 GiB buffer,
+    never touched but where written), and element indices past 2**31 inside one tensor (only
+    its last item is launched, the rest of the work is the same code)."""
+    if DEVICE != "cpu":
+        pytest.skip("a 4 GiB scratch buffer is cheap only on the CPU, where untouched pages cost nothing")
+    huge = torch.empty(2**31 + 4096, dtype=torch.float16)
+    far = [huge[:16], huge[2**31 + 64: 2**31 + 64 + 1000]]
+    for x, seed in zip(far, (1, 2)):
+        x.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)))
+    table = tb.Table(far)
+    assert table.slot("param").host_offsets == [0, 2**31 + 64]
+    out = torch.zeros(1)
+    tb.sumsq(table, "param", out=out)
+    torch.testing.assert_close(out, sum((x.double() ** 2).sum() for x in far).float().reshape(1))
+
+    huge[-5000:].fill_(1.5)
+    table = tb.Table([huge])
+    last = table.plain.table.view(5, -1)[:, -1]
+    assert last[1] == 2**31 and last[2] == 2**31 + 4096
+    table.plain = Items(last.clone(), 1, 1, 1)
+    tb.axpby_(table, "param", "param", 0.0, 2.0)
+    assert bool((huge[-4096:] == 3.0).all()) and bool((huge[-5000:-4096] == 1.5).all())
 
 
 def test_reductions_are_deterministic():

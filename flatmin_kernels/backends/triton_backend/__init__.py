@@ -3,8 +3,9 @@
 A :class:`Table` (``tables.py``) is one bucket prepared once: its work items, tile size and
 per-slot element offsets live on the device, and ``refresh`` re-reads only data pointers.
 Each op covers the whole bucket in a fixed number of launches (one for the element-wise ops,
-two for the two-stage reductions and for Adam, whose second launch advances the step
-counters), whatever the number of tensors or of their GC row lengths. Math is fp32 for
+two for the two-stage reductions, axpby_ with its norms, and Adam, whose second launch
+advances the step counters), whatever the number of tensors or of their GC row lengths:
+every row-length class of GC work is compiled into the same kernel (``common.walk``). Math is fp32 for
 fp32/bf16/fp16 storage, offsets are 64-bit, reductions are deterministic, nothing
 synchronises with the host, and no kernel is autotuned (they update in place). On CUDA the
 kernels are compiled; on CPU tensors they run only under Triton's interpreter
