@@ -94,7 +94,8 @@ The ops
         p <- b + scale * D     unless found_inf > 0
 
 ``noise_(t, p, coef, *, seed, step, sample, base=None, found_inf=None)``
-    ``p <- b + coef * N(j)`` (b = base or p) for ``j = offsets[i] + k``, skipped when
+    ``p <- b + coef * N(j)`` (b = base or p) for ``j = offsets[i] + k``, k the element's logical
+    (row-major) index in tensor i whatever its memory layout, skipped when
     found_inf > 0. ``step`` is a python int or a 1-element int64 device tensor (read in the
     kernel, so a captured CUDA graph draws new noise at each replay); ``sample`` a python int.
 
