@@ -8,10 +8,9 @@ def flatmin_wrapper(optimizer):
     """The flatmin SAM, GAM or NSO that ``optimizer`` is or wraps, else None.
 
     Accelerate's ``AcceleratedOptimizer`` and Lightning's ``LightningOptimizer`` both expose
-    the optimizer they wrap as ``.optimizer``. The unwrapping must come first: a
+    the optimizer they wrap as ``.optimizer``. The unwrapping comes first because a
     ``LightningOptimizer`` is an *instance* of its optimizer's class (Lightning subclasses it
-    on the fly) while keeping a ``__dict__`` of its own, so the wrappers' methods called on it
-    would keep their step state (``_perturbed``...) apart from the real optimizer's.
+    on the fly), so an isinstance test alone would take it for the optimizer.
     """
     while True:
         inner = getattr(optimizer, "optimizer", None)

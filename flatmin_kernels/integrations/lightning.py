@@ -41,9 +41,8 @@ Manual optimization: step through the ``LightningOptimizer`` so that Lightning c
         self.optimizers().step()  # = second_step(), counted; opt.second_step() is not counted
         self.optimizers().zero_grad()
 
-``first_step`` must be called on ``.optimizer``: a ``LightningOptimizer`` is a subclass of the
-optimizer's class with a ``__dict__`` of its own, so methods that keep step state
-(``_perturbed``) would keep it apart from the real optimizer's.
+``first_step`` may be called on the ``LightningOptimizer`` or on ``.optimizer``: the wrappers keep
+their step state in one object that Lightning's shallow copy of the optimizer shares.
 
 Checks at fit start (``FlatminCallback``, and ``FlatminPrecision`` itself), each a ValueError
 before anything runs:

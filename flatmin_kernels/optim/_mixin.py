@@ -23,18 +23,20 @@ class FusedBaseMixin:
             gc.check_centralize(group["centralize"])
         self.defaults["centralize"] = centralize
         self.backend = backend
+        self._new_host_path()
+
+    def _new_host_path(self):
+        # Made once, never rebound in a step: a shallow copy of __dict__ (Lightning's optimizer
+        # wrapper) shares it.
+        self._flatmin_host = HostPath(self, lambda: base_update.build_plan(self, self.backend))
 
     @property
     def host_path(self) -> HostPath:
-        """The plan this optimizer reuses step after step (built lazily, dropped on real changes)."""
-        host = self.__dict__.get("_flatmin_host")
-        if host is None:
-            host = self.__dict__["_flatmin_host"] = HostPath(
-                self, lambda: base_update.build_plan(self, self.backend))
-        return host
+        """The plan this optimizer reuses step after step (built on the first step, dropped on real changes)."""
+        return self._flatmin_host
 
     def _invalidate_plan(self):
-        host = self.__dict__.get("_flatmin_host")
+        host = self.__dict__.get("_flatmin_host")  # absent while torch's __init__ adds the first groups
         if host is not None:
             host.invalidate()
 
@@ -53,6 +55,7 @@ class FusedBaseMixin:
         # too (copy, pickle, torch.save of the optimizer); the plan is rebuilt on the next step.
         state = super().__getstate__()
         state["flatmin_backend"] = self.__dict__.get("backend", "auto")
+        state.pop("_flatmin_host", None)
         return state
 
     def __setstate__(self, state):
@@ -61,7 +64,8 @@ class FusedBaseMixin:
         super().__setstate__(state)
         if backend is not None:
             self.backend = backend
-        self.__dict__.pop("_flatmin_host", None)
+        if "backend" in self.__dict__:
+            self._new_host_path()
         for group in self.param_groups:
             group.setdefault("centralize", None)
 

@@ -86,7 +86,7 @@ class GAM(WrapperOptimizer):
         if not self.first_pass_done():
             self.clear_grads()
             loss = closure()  # pass 1 at w, with the usual BatchNorm statistics
-        self._backward_seen = self._grads_cleared = False
+        self.forget_passes()
         plan = self.plan()
         if not plan.buckets:
             return loss

@@ -66,11 +66,15 @@ class NSO(WrapperOptimizer):
         self.exact_restore = bool(exact_restore)
         self.buffer_names = ("backup",) if self.exact_restore else ()
         self.seed = int(seed)
-        self._first_noise_step = 0
-        self._counters = {}
-        self._accumulating = False
         super().__init__(params, base_optimizer, dict(sigma=sigma), model=model, backend=backend,
                          base_kwargs=base_kwargs)
+
+    def init_step_state(self, state):
+        state.first_noise_step = 0  # the counter's value when it is made
+        state.counters = {}  # device -> int64 step counter
+        state.accumulating = False  # inside step: the passes sum their gradients
+        state.noise_host = HostPath(self, self._build_noise_plan)
+        state.stranded = None  # (noise plan, update plan, restore plan)
 
     def check_group(self, group):
         check_non_negative(sigma=group["sigma"])
@@ -79,18 +83,26 @@ class NSO(WrapperOptimizer):
 
     def _counter(self, device) -> torch.Tensor:
         """The noise step counter on ``device`` (int64; every device's copy advances together)."""
-        counter = self._counters.get(device)
+        state = self._step_state
+        counter = state.counters.get(device)
         if counter is None:
-            counter = self._counters[device] = torch.full((1,), self._first_noise_step, dtype=torch.int64,
+            counter = state.counters[device] = torch.full((1,), state.first_noise_step, dtype=torch.int64,
                                                           device=device)
         return counter
 
     @property
     def noise_step(self) -> int:
         """Steps taken so far (read from the device: for state_dict and diagnostics, not the step)."""
-        for counter in self._counters.values():
+        for counter in self._step_state.counters.values():
             return int(counter.item())
-        return self._first_noise_step
+        return self._step_state.first_noise_step
+
+    def kept_state(self):
+        return dict(super().kept_state(), noise_step=self.noise_step)
+
+    def restore_kept_state(self, kept):
+        super().restore_kept_state(kept)
+        self._step_state.first_noise_step = kept.get("noise_step", 0)
 
     def extra_state(self):
         return {"seed": self.seed, "noise_step": self.noise_step}
@@ -98,8 +110,8 @@ class NSO(WrapperOptimizer):
     def load_extra_state(self, extra):
         if "seed" in extra:
             self.seed = int(extra["seed"])
-            self._first_noise_step = int(extra["noise_step"])
-            self._counters = {}
+            self._step_state.first_noise_step = int(extra["noise_step"])
+            self._step_state.counters.clear()
 
     def closure_calls(self) -> int:
         """Forward/backward passes per step."""
@@ -109,17 +121,17 @@ class NSO(WrapperOptimizer):
         return perturbed + (1 if self.lam > 0 else 0)
 
     def zero_grad(self, set_to_none: bool = True):
-        if self._accumulating:  # the passes of a step sum their gradients in p.grad
+        if self._step_state.accumulating:  # the passes of a step sum their gradients in p.grad
             return
         super().zero_grad(set_to_none=set_to_none)
 
     @contextmanager
     def _summing_gradients(self):
-        self._accumulating = True
+        self._step_state.accumulating = True
         try:
             yield
         finally:
-            self._accumulating = False
+            self._step_state.accumulating = False
 
     # ------------------------------------------------------------------ the plans
 
@@ -135,29 +147,25 @@ class NSO(WrapperOptimizer):
     @property
     def noise_path(self) -> HostPath:
         """The plan of the noise passes: every trainable parameter, whether or not it gets a gradient."""
-        host = self.__dict__.get("_noise_host")
-        if host is None:
-            host = self.__dict__["_noise_host"] = HostPath(self, self._build_noise_plan)
-        return host
+        return self._step_state.noise_host
 
     def _build_noise_plan(self):
         return self._build_plan(joins=lambda p: p.requires_grad, fused=False)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        if self.__dict__.get("_noise_host") is not None:
+        if getattr(self._step_state, "noise_host", None) is not None:  # None while torch's __init__ adds groups
             self.noise_path.invalidate()
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.noise_path.invalidate()
 
-    _TRANSIENT = WrapperOptimizer._TRANSIENT + ("_noise_host", "_stranded_for")
 
     def _stranded(self, noise, plan):
         """A plan of the trainable parameters the update plan does not cover (no gradient this
         step: unused in the forward), rebuilt only when either plan is; None when there are none."""
-        seen = self.__dict__.get("_stranded_for")
+        seen = self._step_state.stranded
         if seen is None or seen[0] is not noise or seen[1] is not plan:
             covered = {id(p) for p in plan.params}
             stranded = [p for p in noise.params if id(p) not in covered]
@@ -165,8 +173,8 @@ class NSO(WrapperOptimizer):
             if stranded:
                 restore = Plan(stranded, backend=self.backend, live_grads=False)
                 restore.bind("backup", self.buffers("backup", stranded))
-            self._stranded_for = (noise, plan, restore)
-        return self._stranded_for[2]
+            self._step_state.stranded = (noise, plan, restore)
+        return self._step_state.stranded[2]
 
     # ------------------------------------------------------------------ the step
 
@@ -197,7 +205,7 @@ class NSO(WrapperOptimizer):
         clean_done = self.lam > 0 and self.first_pass_done()
         if not clean_done:
             self.clear_grads()  # every gradient of this step comes from its own passes
-        self._backward_seen = self._grads_cleared = False
+        self.forget_passes()
         perturbed_passes = self.num_perturbs * (2 if self.antithetic else 1)
         weight = (1 - self.lam) / perturbed_passes  # of each perturbed gradient
         exact = self.exact_restore and self.lam < 1
@@ -224,7 +232,7 @@ class NSO(WrapperOptimizer):
                         self._pass(closure)
                     if not exact:  # walk back to W with the regenerated noise
                         self._noise(noise, 1.0 if self.antithetic else -1.0, sample, None)
-                for counter in self._counters.values():
+                for counter in self._step_state.counters.values():
                     counter.add_(1)
 
         # d = weight * (sum of the passes' gradients); a non-finite one skips the update, and with the

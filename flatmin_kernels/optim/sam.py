@@ -67,8 +67,10 @@ class SAM(WrapperOptimizer):
         defaults = dict(rho=rho, adaptive=adaptive, centralize=centralize)
         super().__init__(params, base_optimizer, defaults, model=model, backend=backend,
                          base_kwargs=base_kwargs)
-        self._perturbed = False
-        self._step_plan = None
+
+    def init_step_state(self, state):
+        state.perturbed = False  # between first_step and second_step
+        state.plan = None  # the plan first_step used
 
     def check_group(self, group):
         check_non_negative(rho=group["rho"])
@@ -80,7 +82,7 @@ class SAM(WrapperOptimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move to w + e (the ascent), keeping w in the backup. Needs the gradients at w."""
-        if self._perturbed:
+        if self._step_state.perturbed:
             raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
         amp.check_not_unscaled(self.grad_scaler, self)
         plan = self.plan()
@@ -94,8 +96,8 @@ class SAM(WrapperOptimizer):
         plan.each("perturb_", "param", "grad", scale=lambda b: (b.group["rho"], plan.scalar(INV_NORM, b.device)),
                   save_to="backup", centralize=not self.use_gc, adaptive=lambda b: bool(b.group["adaptive"]),
                   found_inf=lambda b: plan.scalar(FOUND_INF, b.device))
-        self._step_plan = plan
-        self._perturbed = True
+        self._step_state.plan = plan
+        self._step_state.perturbed = True
         self.running_stats_off()
         if zero_grad:
             self.zero_grad()
@@ -103,9 +105,9 @@ class SAM(WrapperOptimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Back to w (bit-exactly, from the backup) and the base update with the gradient at w + e."""
-        if not self._perturbed:
+        if not self._step_state.perturbed:
             raise RuntimeError("second_step() called before first_step(): there is no perturbation to undo")
-        plan = self._step_plan
+        plan = self._step_state.plan
         if amp.under_scaler(self) and self.grad_scaler is None:
             self._abandon(plan)
             raise RuntimeError(f"SAM was stepped by a GradScaler it does not know: {amp.RECIPE}. The weights "
@@ -119,8 +121,8 @@ class SAM(WrapperOptimizer):
             grad_scale, found_inf = self.amp_update(plan)
             self.base_step(plan, backup="backup", grad_scale=grad_scale, found_inf=found_inf, centralize_grads=True)
         self.amp_end(plan)
-        self._perturbed = False
-        self._step_plan = None
+        self._step_state.perturbed = False
+        self._step_state.plan = None
         self.running_stats_on()
         if zero_grad:
             self.zero_grad()
@@ -129,8 +131,8 @@ class SAM(WrapperOptimizer):
         """Back to w from the backup, the step abandoned (nothing else changes)."""
         plan.refresh(grads=False)
         plan.each("axpby_", "param", "backup", 0, 1)
-        self._perturbed = False
-        self._step_plan = None
+        self._step_state.perturbed = False
+        self._step_state.plan = None
         self.running_stats_on()
 
     def _second_step_on_another_plan(self, plan):
@@ -150,7 +152,7 @@ class SAM(WrapperOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self._perturbed:  # the caller ran the second pass itself (HF Trainer style)
+        if self._step_state.perturbed:  # the caller ran the second pass itself (HF Trainer style)
             self.second_step()
             return None
         closure = self.require_closure(closure)

@@ -27,6 +27,23 @@ from .host import HostPath
 FOUND_INF = 15
 
 
+class StepState:
+    """Everything a wrapper changes while it steps, in one object made at construction.
+
+    The optimizer's ``__dict__`` is never rebound during a step, so a shallow copy of it --
+    Lightning's ``LightningOptimizer`` is one -- shares the step state with the optimizer
+    instead of splitting it (a first step taken through the copy is then seen by the original).
+    """
+
+    def __init__(self):
+        self.backward_seen = False  # a backward reached the parameters since the last zero/clear
+        self.grads_cleared = False  # the optimizer itself left the gradients as None
+        self.grad_scaler = None  # torch.amp.GradScaler of an fp16 run
+        self.host = None  # HostPath: the plan
+        self.buffers = {}  # name -> {param: parameter-sized buffer}
+        self.hook = None  # the autograd hook that sets backward_seen
+
+
 def check_non_negative(**values) -> None:
     for name, value in values.items():
         if not value >= 0:  # also catches NaN
@@ -65,7 +82,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
             base_kwargs["capturable"] = capturable
         self.backend = backend
         self.model = model
-        self._grad_scaler = None
+        self._step_state = StepState()
         self._wrapper_defaults = dict(defaults)
         self.base_optimizer = None
         super().__init__(params, defaults)
@@ -80,8 +97,8 @@ class WrapperOptimizer(torch.optim.Optimizer):
             raise ValueError(f"capturable=True needs a base optimizer flatmin can fuse (torch's or flatmin's SGD, "
                              f"Adam, AdamW): {base_optimizer.__name__}'s step runs outside flatmin and reads "
                              f"found_inf on the host")
-        self._backward_seen = False
-        self._grads_cleared = False
+        self._step_state.host = HostPath(self, self._build_plan)
+        self.init_step_state(self._step_state)
         self._watch_backward()
 
     # ------------------------------------------------------------------ torch.optim plumbing
@@ -122,60 +139,82 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self.load_extra_state(extra)
         self.host_path.invalidate()
 
-    _TRANSIENT = ("_flatmin_host", "_backward_hook")
-
     def __getstate__(self):
         # Everything that makes the wrapper (the base optimizer, hyperparameters, the model for
-        # the BatchNorm rule, buffers); not the plan (rebuilt on the next step), the autograd
-        # hook (registered again) nor torch's optimizer hooks.
-        return {k: v for k, v in self.__dict__.items()
-                if k not in self._TRANSIENT and not k.startswith("_optimizer_")}
+        # the BatchNorm rule); not the step state (plans, buffers and the autograd hook are made
+        # again) nor torch's optimizer hooks. What must survive goes through kept_state().
+        state = {k: v for k, v in self.__dict__.items() if k != "_step_state" and not k.startswith("_optimizer_")}
+        state["_kept"] = self.kept_state()
+        return state
 
     def __setstate__(self, state):
+        state = dict(state)
+        kept = state.pop("_kept", {})
         super().__setstate__(state)
+        self._step_state = StepState()
+        self._step_state.host = HostPath(self, self._build_plan)
+        self.init_step_state(self._step_state)
+        self.restore_kept_state(kept)
         self._watch_backward()
+
+    def init_step_state(self, state: StepState) -> None:
+        """Add a subclass's own step fields to a new step state (at construction and after a copy)."""
+
+    def kept_state(self) -> dict:
+        """What a copy must carry of the step state (subclasses extend: NSO's noise step)."""
+        return {"grad_scaler": self._step_state.grad_scaler}
+
+    def restore_kept_state(self, kept: dict) -> None:
+        self._step_state.grad_scaler = kept.get("grad_scaler")
 
     # ------------------------------------------------------------------ what counts as the first pass
 
     def _watch_backward(self) -> None:
         """One autograd hook over every trainable parameter: it notes each backward pass that
         reaches them (one Python call per backward, not per tensor)."""
-        old = self.__dict__.pop("_backward_hook", None)
-        if old is not None:
-            old.remove()
+        state = self._step_state
+        if state.hook is not None:
+            state.hook.remove()
+            state.hook = None
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         if params:
-            self._backward_hook = torch.autograd.graph.register_multi_grad_hook(
-                params, self._note_backward, mode="any")
+            state.hook = torch.autograd.graph.register_multi_grad_hook(params, self._note_backward, mode="any")
 
     def _note_backward(self, grad) -> None:
-        self._backward_seen = True
+        self._step_state.backward_seen = True
 
     def first_pass_done(self) -> bool:
         """Whether the gradients present are a first pass: a backward reached the parameters since
         this optimizer last zeroed or cleared them (a step ends by clearing them), or gradients
         appeared where it had left None (FSDP2 sets the sharded gradients itself, unseen by autograd
         hooks). Zero-filled gradients are not a pass; micro-batches accumulated since are one."""
-        return ((self._backward_seen or self._grads_cleared)
+        state = self._step_state
+        return ((state.backward_seen or state.grads_cleared)
                 and any(p.grad is not None for g in self.param_groups for p in g["params"]))
+
+    def forget_passes(self) -> None:
+        """The gradients present have been taken as this step's first pass."""
+        self._step_state.backward_seen = self._step_state.grads_cleared = False
 
     def zero_grad(self, set_to_none: bool = True):
         super().zero_grad(set_to_none=set_to_none)
-        self._backward_seen = False
-        self._grads_cleared = set_to_none
+        self._step_state.backward_seen = False
+        self._step_state.grads_cleared = set_to_none
 
     def clear_grads(self) -> None:
         """Gradients to None: the next backward writes a fresh gradient, whatever the closure does."""
         torch.optim.Optimizer.zero_grad(self, set_to_none=True)
-        self._backward_seen = False
-        self._grads_cleared = True
+        self._step_state.backward_seen = False
+        self._step_state.grads_cleared = True
 
     def require_closure(self, closure):
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__} requires a closure: step(closure) runs the forward and "
                 f"backward passes at perturbed weights itself (the closure zeroes the gradients, "
-                f"computes the loss, calls backward() and returns the loss)"
+                f"computes the loss, calls backward() and returns the loss). Trainers that call "
+                f"step() without one: use flatmin_kernels.integrations.hf.FlatminTrainer (Hugging "
+                f"Face) or flatmin_kernels.integrations.lightning.FlatminPrecision (Lightning 16-mixed)"
             )
         return torch.enable_grad()(closure)
 
@@ -206,10 +245,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
 
     @property
     def host_path(self) -> HostPath:
-        host = self.__dict__.get("_flatmin_host")
-        if host is None:
-            host = self.__dict__["_flatmin_host"] = HostPath(self, self._build_plan)
-        return host
+        return self._step_state.host
 
     def _build_plan(self, joins=None, fused=None):
         plan, without = base_update.build_plan(self.base_optimizer, self.backend, who=type(self).__name__,
@@ -225,7 +261,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
 
     def buffers(self, name: str, params) -> list:
         """One persistent parameter-sized buffer per param, kept across steps (allocated once)."""
-        store = self.__dict__.setdefault("_buffers_" + name, {})
+        store = self._step_state.buffers.setdefault(name, {})
         out = []
         for p in params:
             buf = store.get(p)
@@ -240,7 +276,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
 
     @property
     def grad_scaler(self):
-        return self._grad_scaler
+        return self._step_state.grad_scaler
 
     @grad_scaler.setter
     def grad_scaler(self, scaler) -> None:
@@ -249,7 +285,7 @@ class WrapperOptimizer(torch.optim.Optimizer):
             # comes inside the step, after GradScaler.step has already asked for the scale.
             device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
             scaler.scale(torch.zeros((), device=device))
-        self._grad_scaler = scaler
+        self._step_state.grad_scaler = scaler
 
     def amp_begin(self) -> None:
         """At the start of a step, before anything changes: refuse GradScaler's protocol without the

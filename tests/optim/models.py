@@ -155,7 +155,8 @@ def extra_buffer_numel(optimizer, model) -> int:
     """Elements of every tensor the optimizer holds that is neither a parameter, nor the base
     optimizer's state, nor the model's: the wrapper's own buffers."""
     skip = {id(p) for p in model.parameters()}
-    skip |= {id(c) for c in getattr(optimizer, "_counters", {}).values()}  # NSO's one-element step counters
+    state = getattr(optimizer, "_step_state", None)
+    skip |= {id(c) for c in getattr(state, "counters", {}).values()}  # NSO's one-element step counters
     for st in optimizer.base_optimizer.state.values():
         skip |= {id(t) for t in st.values() if torch.is_tensor(t)}
     seen, total = set(), 0
@@ -177,7 +178,7 @@ def extra_buffer_numel(optimizer, model) -> int:
         elif isinstance(obj, (list, tuple, set)):
             for v in obj:
                 walk(v)
-        elif obj is optimizer:
+        elif obj is optimizer or obj is state:  # the optimizer and its step state (buffers live there)
             walk(vars(obj))
 
     walk(optimizer)

@@ -304,3 +304,24 @@ def test_parameter_without_second_gradient_is_restored(base_cls):
     torch.testing.assert_close(a, torch.full((3,), 0.9))
     assert torch.equal(b, torch.full((3,), 2.0))
     torch.testing.assert_close(c, torch.full((3,), 2.9))
+
+
+def test_a_shallow_copy_of_the_optimizer_shares_its_step_state():
+    """What Lightning's LightningOptimizer is: a subclass instance with a copy of the __dict__.
+    A first step through it must be the optimizer's first step (not a split state)."""
+    net, ref = M.make_net(), M.make_net()
+    opt = fk.SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, backend="torch")
+    ref_opt = fk.SAM(ref.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, backend="torch")
+    lightning_like = type("LightningSAM", (type(opt),), {}).__new__(type("LightningSAM", (type(opt),), {}))
+    lightning_like.__dict__ = dict(opt.__dict__)
+    for batch in M.batches(3):
+        M.loss_of(net, batch).backward()
+        lightning_like.first_step(zero_grad=True)
+        M.loss_of(net, batch).backward()
+        opt.step(lambda: None)  # Lightning's opt.step(): the real optimizer, already perturbed: second step
+        opt.zero_grad()
+        M.loss_of(ref, batch).backward()
+        ref_opt.first_step(zero_grad=True)
+        M.loss_of(ref, batch).backward()
+        ref_opt.second_step(zero_grad=True)
+    M.assert_same_model(net, ref)
