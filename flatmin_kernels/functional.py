@@ -31,7 +31,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import backends
-from .backends.buckets import bucket_indices, take
+from .backends.contract import InvNorm
+from .plan import Plan
 
 API_VERSION = "1.0"
 
@@ -128,23 +129,30 @@ def _flags(centralize: Centralize, tensors):
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _buckets(backend, *lists):
-    """(backend module, device, positions) per (device, dtypes) bucket of parallel lists."""
+def _plan(first, lists, *, backend, gc=None, offsets=None, fresh=None):
+    """A transient plan over ``first`` (slot "param") with every other list bound by name:
+    the same host path as the optimizers', built for one call."""
     backends.check_choice(backend)
-    for key, idx in bucket_indices(list(lists)).items():
-        device = key[0]
-        yield backends.resolve(backend, device), device, idx
+    plan = Plan(first, backend=backend, gc_rows=gc, offsets=offsets, fresh=fresh, live_grads=False,
+                also=list(lists.values()))
+    for name, tensors in lists.items():
+        if tensors is not None:
+            plan.bind(name, tensors)
+    return plan
 
 
-def _on(value, device):
-    return value.to(device=device, dtype=torch.float32) if torch.is_tensor(value) else value
+def _result(plan, index, device):
+    """Per-step scalar ``index`` of a plan as a fresh 0-d tensor on ``device``."""
+    if not plan.buckets:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    return plan.scalars[plan.devices[0]][index].clone()
 
 
-def _total(parts, device):
-    out = torch.zeros((), dtype=torch.float32, device=device)
-    for part in parts:
-        out = out + part.to(device)
-    return out
+def _scalar_for(value, plan):
+    """A functional scalar as the per-bucket value the ops take (tensors on each bucket's device)."""
+    if torch.is_tensor(value):
+        return lambda b: value.to(device=b.device, dtype=torch.float32).reshape(1)
+    return value
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -160,10 +168,9 @@ def sumsq(tensors, *, weights=None, centralize: Centralize = None, backend: str 
     weights = None if weights is None else _as_list("weights", weights)
     _check_parallel("tensors", tensors, weights=weights)
     flags = _flags(centralize, tensors)
-    device = tensors[0].device if tensors else torch.device("cpu")
-    parts = [ops.sumsq(take(tensors, idx), weights=take(weights, idx), centralize=take(flags, idx)).sum()
-             for ops, _, idx in _buckets(backend, tensors, weights)]
-    return _total(parts, device)
+    plan = _plan(tensors, {"w": weights}, backend=backend, gc=flags)
+    plan.reduce("sumsq", "param", weights=None if weights is None else "w", centralize=flags is not None, index=0)
+    return _result(plan, 0, tensors[0].device if tensors else torch.device("cpu"))
 
 
 def global_norm(tensors, *, weights=None, centralize: Centralize = None, backend: str = "auto") -> torch.Tensor:
@@ -175,9 +182,9 @@ def dot(xs, ys, *, backend: str = "auto") -> torch.Tensor:
     """``sum_i sum(x_i * y_i)`` as a 0-d fp32 tensor on ``xs[0]``'s device."""
     xs, ys = _as_list("xs", xs), _as_list("ys", ys)
     _check_parallel("xs", xs, ys=ys)
-    device = xs[0].device if xs else torch.device("cpu")
-    parts = [ops.dot(take(xs, idx), take(ys, idx)).sum() for ops, _, idx in _buckets(backend, xs, ys)]
-    return _total(parts, device)
+    plan = _plan(xs, {"y": ys}, backend=backend)
+    plan.reduce("dot", "param", "y", index=0)
+    return _result(plan, 0, xs[0].device if xs else torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- element-wise
@@ -193,8 +200,7 @@ def centralize_(tensors, *, centralize: Centralize = "gc", backend: str = "auto"
     flags = _flags(centralize, tensors)
     if flags is None:
         return
-    for ops, _, idx in _buckets(backend, tensors):
-        ops.centralize_(take(tensors, idx), take(flags, idx))
+    _plan(tensors, {}, backend=backend, gc=flags).each("centralize_", "param")
 
 
 def axpby_(ys, xs, a: Scalar, b: Scalar, *, backend: str = "auto") -> None:
@@ -204,8 +210,8 @@ def axpby_(ys, xs, a: Scalar, b: Scalar, *, backend: str = "auto") -> None:
     devices = _devices(ys)
     _check_scalar("a", a, devices)
     _check_scalar("b", b, devices)
-    for ops, device, idx in _buckets(backend, ys, xs):
-        ops.axpby_(take(ys, idx), take(xs, idx), _on(a, device), _on(b, device))
+    plan = _plan(ys, {"x": xs}, backend=backend)
+    plan.each("axpby_", "param", "x", a=_scalar_for(a, plan), b=_scalar_for(b, plan))
 
 
 def perturb_(params, directions, scale: Scalar, *, backups=None, base=None, centralize: Centralize = None,
@@ -229,10 +235,10 @@ def perturb_(params, directions, scale: Scalar, *, backups=None, base=None, cent
     if found_inf is not None:
         _check_scalar("found_inf", found_inf, devices)
     flags = _flags(centralize, params)
-    for ops, device, idx in _buckets(backend, params, directions, backups, base):
-        ops.perturb_(take(params, idx), take(directions, idx), _on(scale, device), save_to=take(backups, idx),
-                     base=take(base, idx), centralize=take(flags, idx), adaptive=bool(adaptive),
-                     found_inf=_on(found_inf, device))
+    plan = _plan(params, {"d": directions, "backup": backups, "base": base}, backend=backend, gc=flags)
+    plan.each("perturb_", "param", "d", scale=_scalar_for(scale, plan), save_to=None if backups is None else "backup",
+              base=None if base is None else "base", centralize=flags is not None, adaptive=bool(adaptive),
+              found_inf=_scalar_for(found_inf, plan))
 
 
 def sam_perturb_(params, grads, *, rho: Scalar, adaptive: bool = False, centralize: Centralize = None,
@@ -242,33 +248,41 @@ def sam_perturb_(params, grads, *, rho: Scalar, adaptive: bool = False, centrali
     ``D = C(g)`` (times ``p ** 2`` for ASAM) and ``||D'||`` is the global norm of ``C(g)``
     (times ``|p|`` for ASAM) over the whole list. ``backups`` receives an exact copy of the
     parameters first. Returns ``found_inf``, a 0-d fp32 device tensor: 1.0 when the norm was not
-    finite, in which case no parameter moved.
+    finite, in which case no parameter moved. One reduction (whose second stage computes the
+    scale and found_inf on the device) and one perturbation pass per bucket.
     """
     params, grads = _as_list("params", params), _as_list("grads", grads)
-    _check_parallel("params", params, grads=grads)
-    device = params[0].device if params else torch.device("cpu")
-    norm_sq = sumsq(grads, weights=params if adaptive else None, centralize=centralize, backend=backend)
-    found_inf = (~torch.isfinite(norm_sq)).float()
-    scale = rho / (norm_sq.sqrt() + eps)
-    perturb_(params, grads, scale.to(device), backups=backups, centralize=centralize, adaptive=adaptive,
-             found_inf=found_inf, backend=backend)
-    return found_inf
+    backups = None if backups is None else _as_list("backups", backups)
+    _check_parallel("params", params, grads=grads, backups=backups)
+    _check_scalar("rho", rho, _devices(params))
+    flags = _flags(centralize, params)
+    plan = _plan(params, {"g": grads, "backup": backups}, backend=backend, gc=flags)
+    plan.reduce("sumsq", "g", weights="param" if adaptive else None, centralize=flags is not None, index=0,
+                epilogue=InvNorm(eps, inv=1, inf=2))
+    rho_value = (lambda b: (1.0, rho.to(b.device, torch.float32).reshape(1) * plan.scalar(1, b.device))) \
+        if torch.is_tensor(rho) else (lambda b: (float(rho), plan.scalar(1, b.device)))
+    plan.each("perturb_", "param", "g", scale=rho_value, save_to=None if backups is None else "backup",
+              centralize=flags is not None, adaptive=bool(adaptive), found_inf=lambda b: plan.scalar(2, b.device))
+    return _result(plan, 2, params[0].device if params else torch.device("cpu"))
 
 
 def restore_(params, backups, *, backend: str = "auto") -> None:
     """``p <- backup``, bit for bit (SAM's way back when the update is not fused with it)."""
     params, backups = _as_list("params", params), _as_list("backups", backups)
     _check_parallel("params", params, backups=backups)
-    axpby_(params, backups, 0, 1, backend=backend)
+    _plan(params, {"backup": backups}, backend=backend).each("axpby_", "param", "backup", 0, 1)
 
 
-def noise_(params, coef: Scalar, *, seed: int, step: int, sample: int = 0, offsets: Optional[Sequence[int]] = None,
-           base=None, found_inf: Optional[torch.Tensor] = None, backend: str = "auto") -> None:
+def noise_(params, coef: Scalar, *, seed: int, step: Union[int, torch.Tensor], sample: int = 0,
+           offsets: Optional[Sequence[int]] = None, base=None, found_inf: Optional[torch.Tensor] = None,
+           backend: str = "auto") -> None:
     """``p <- b + coef * N``: antithetic noise (coef = +sigma, -sigma, ...) regenerated from a seed.
 
     N is the standard normal of element ``j = offsets[i] + k`` of the flattened list (default
     offsets: the running element count, so j is the element's index in the concatenated
-    list), made by Philox4x32-10 keyed by ``seed`` with counter (j, step, sample); never stored.
+    list), made by Philox4x32-10 keyed by ``seed`` (four normals per generator call: see
+    ``flatmin_kernels.backends.contract``); never stored. ``step`` is an int or a one-element
+    int64 device tensor (read on the device: a captured CUDA graph draws new noise each replay).
     ``b`` is ``base[i]`` if given (``p <- base + coef * N``), else ``p``.
     """
     params = _as_list("params", params)
@@ -285,21 +299,24 @@ def noise_(params, coef: Scalar, *, seed: int, step: int, sample: int = 0, offse
         raise ValueError(f"offsets has {len(offsets)} entries but params has {len(params)}")
     devices = _devices(params)
     _check_scalar("coef", coef, devices)
-    for ops, device, idx in _buckets(backend, params, base):
-        ops.noise_(take(params, idx), _on(coef, device), seed=int(seed), step=int(step), sample=int(sample),
-                   offsets=take(list(offsets), idx), base=take(base, idx), found_inf=_on(found_inf, device))
+    if torch.is_tensor(step):
+        if step.numel() != 1 or step.dtype != torch.int64:
+            raise ValueError(f"step must be an int or a one-element int64 tensor, got {step.dtype} of shape {tuple(step.shape)}")
+        step_value = lambda b: step.to(b.device).reshape(1)  # noqa: E731
+    else:
+        step_value = int(step)
+    plan = _plan(params, {"base": base}, backend=backend, offsets=list(offsets))
+    plan.each("noise_", "param", coef=_scalar_for(coef, plan), seed=int(seed), step=step_value, sample=int(sample),
+              base=None if base is None else "base", found_inf=_scalar_for(found_inf, plan))
 
 
 # ----------------------------------------------------------------------------- base updates
 
 
-def _restore_skipped(params, backups, found_inf, backend):
-    """On a skipped step (found_inf > 0) the parameters go back to the backups, without a host sync."""
-    if backups is None or found_inf is None:
-        return
-    for ops, device, idx in _buckets(backend, params, backups):
-        f = _on(found_inf, device)
-        ops.axpby_(take(params, idx), take(backups, idx), 1 - f, f)
+def _check_step_scalars(devices, grad_scale, found_inf):
+    for name, value in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if value is not None:
+            _check_scalar(name, value, devices)
 
 
 def sgd_(params, grads, momentum_buffers, *, lr: Scalar, weight_decay: float = 0.0, momentum: float = 0.0,
@@ -310,7 +327,8 @@ def sgd_(params, grads, momentum_buffers, *, lr: Scalar, weight_decay: float = 0
 
     ``momentum_buffers``: one entry per parameter (or None when ``momentum == 0``); a ``None``
     entry is created from the first gradient (``buf = g``, as torch does) and stored back into
-    the list. ``backups``: the unperturbed weights (SAM's restore folded into the update).
+    the list. ``backups``: the unperturbed weights (SAM's restore folded into the update; on a
+    skipped step the parameters are set back to them).
     """
     params, grads = _as_list("params", params), _as_list("grads", grads)
     if momentum != 0:
@@ -323,9 +341,7 @@ def sgd_(params, grads, momentum_buffers, *, lr: Scalar, weight_decay: float = 0
     _check_parallel("params", params, grads=grads, momentum_buffers=bufs, backups=backups)
     devices = _devices(params)
     _check_scalar("lr", lr, devices)
-    for name, value in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-        if value is not None:
-            _check_scalar(name, value, devices)
+    _check_step_scalars(devices, grad_scale, found_inf)
     flags = _flags(centralize, params)
     fresh = None
     if bufs is not None:
@@ -334,16 +350,12 @@ def sgd_(params, grads, momentum_buffers, *, lr: Scalar, weight_decay: float = 0
             if b is None:
                 # zeros, not empty: if this first update is skipped (found_inf) the buffer holds no garbage
                 bufs[i] = momentum_buffers[i] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
-    for key, idx in bucket_indices([params, grads, bufs, backups],
-                                   extra_key=None if fresh is None else fresh.__getitem__).items():
-        device = key[0]
-        ops = backends.resolve(backends.check_choice(backend), device)
-        ops.step_sgd_(take(params, idx), take(grads, idx), take(bufs, idx), lr=_on(lr, device),
-                      weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                      maximize=maximize, init_buffers=bool(fresh and fresh[idx[0]]),
-                      centralize=take(flags, idx), backups=take(backups, idx),
-                      grad_scale=_on(grad_scale, device), found_inf=_on(found_inf, device))
-    _restore_skipped(params, backups, found_inf, backend)
+    plan = _plan(params, {"g": grads, "buf": bufs, "backup": backups}, backend=backend, gc=flags, fresh=fresh)
+    plan.each("step_sgd_", "param", "g", "buf" if bufs is not None else None, lr=_scalar_for(lr, plan),
+              weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
+              maximize=maximize, init_buffers=lambda b: b.fresh, centralize=flags is not None,
+              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale, plan),
+              found_inf=_scalar_for(found_inf, plan))
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr: Scalar, beta1: float = 0.9,
@@ -356,6 +368,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
     GC sits where Adam_GC / AdamW_GC put it: on the gradient, after L2 decay, before the
     moments. ``state_steps``: one fp32 one-element tensor per parameter, on its device,
     advanced in place (not on a skipped step). ``max_exp_avg_sqs`` is used only with amsgrad.
+    ``backups``: as for :func:`sgd_`.
     """
     params, grads = _as_list("params", params), _as_list("grads", grads)
     exp_avgs, exp_avg_sqs = _as_list("exp_avgs", exp_avgs), _as_list("exp_avg_sqs", exp_avg_sqs)
@@ -372,17 +385,16 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
                              f"(the step count, read and advanced on the device)")
     devices = _devices(params)
     _check_scalar("lr", lr, devices)
-    for name, value in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-        if value is not None:
-            _check_scalar(name, value, devices)
+    _check_step_scalars(devices, grad_scale, found_inf)
     flags = _flags(centralize, params)
-    for ops, device, idx in _buckets(backend, params, grads, exp_avgs, exp_avg_sqs, vmax, backups):
-        ops.step_adam_(take(params, idx), take(grads, idx), take(exp_avgs, idx), take(exp_avg_sqs, idx),
-                       take(vmax, idx), take(steps, idx), lr=_on(lr, device), beta1=beta1, beta2=beta2, eps=eps,
-                       weight_decay=weight_decay, decoupled=bool(decoupled_weight_decay), amsgrad=bool(amsgrad),
-                       maximize=bool(maximize), centralize=take(flags, idx), backups=take(backups, idx),
-                       grad_scale=_on(grad_scale, device), found_inf=_on(found_inf, device))
-    _restore_skipped(params, backups, found_inf, backend)
+    plan = _plan(params, {"g": grads, "m": exp_avgs, "v": exp_avg_sqs, "vmax": vmax, "backup": backups},
+                 backend=backend, gc=flags)
+    plan.bind_scalars("step", steps)
+    plan.each("step_adam_", "param", "g", "m", "v", "vmax" if amsgrad else None, "step", lr=_scalar_for(lr, plan),
+              beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=bool(decoupled_weight_decay),
+              amsgrad=bool(amsgrad), maximize=bool(maximize), centralize=flags is not None,
+              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale, plan),
+              found_inf=_scalar_for(found_inf, plan))
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr: Scalar, beta1: float = 0.9,

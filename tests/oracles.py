@@ -171,20 +171,28 @@ class OracleSAM:
 
     The ascent direction is the pass-1 gradient centralized with the group's GC mode (norm taken
     after GC); the base update (which applies its own GC) runs at the restored weights.
+    use_gc=True is pytorch_optimizer's GCSAM instead: the norm of the raw gradient, the ascent
+    along the gradient centralized in place ("gc": every tensor with ndim > 1).
     step(closure): the closure sets gradients to None, computes the loss and backprops.
     """
 
-    def __init__(self, groups, base, *, rho, adaptive=False, eps=1e-12, model=None):
+    def __init__(self, groups, base, *, rho, adaptive=False, eps=1e-12, model=None, use_gc=False):
         self.groups, self.base, self.rho, self.adaptive, self.eps = groups, base, rho, adaptive, eps
-        self.model = model
+        self.model, self.use_gc = model, use_gc
 
     def step(self, closure):
         loss = closure()
         with torch.no_grad():
             pairs = _with_grad(self.groups)
-            d = {p: centralized(p.grad.float().clone(), group["centralize"]) for group, p in pairs}
             old = {p: p.detach().clone() for _, p in pairs}
-            e = _ascent(d, old, self.rho, self.adaptive, self.eps)
+            if self.use_gc:
+                raw = {p: p.grad.float().clone() for _, p in pairs}
+                norm = torch.stack([((_asam_weight(p, self.adaptive) * g) ** 2).sum() for p, g in raw.items()]).sum().sqrt()
+                scale = self.rho / (norm + self.eps)
+                e = {p: scale * centralized(g, "gc") * (p.float() ** 2 if self.adaptive else 1.0) for p, g in raw.items()}
+            else:
+                d = {p: centralized(p.grad.float().clone(), group["centralize"]) for group, p in pairs}
+                e = _ascent(d, old, self.rho, self.adaptive, self.eps)
             for p in old:
                 p.copy_(p.float() + e[p])
         with frozen_batchnorm(self.model):

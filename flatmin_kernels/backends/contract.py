@@ -94,7 +94,8 @@ The ops
         p <- b + scale * D     unless found_inf > 0
 
 ``noise_(t, p, coef, *, seed, step, sample, base=None, found_inf=None)``
-    ``p <- b + coef * N(j)`` (b = base or p) for ``j = offsets[i] + k``, skipped when
+    ``p <- b + coef * N(j)`` (b = base or p) for ``j = offsets[i] + k``, k the element's logical
+    (row-major) index in tensor i whatever its memory layout, skipped when
     found_inf > 0. ``step`` is a python int or a 1-element int64 device tensor (read in the
     kernel, so a captured CUDA graph draws new noise at each replay); ``sample`` a python int.
 
@@ -159,6 +160,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 OPS = (
     "sumsq",
     "dot",
@@ -212,6 +215,51 @@ class Ratio:
     coef: int
     inf: int
     inf_accumulate: bool = False
+
+
+def traffic(op: str, args: tuple, kwargs: dict) -> tuple:
+    """(slots read, slots written) by one call of ``op``: the memory a pass must move at least,
+    for counting bytes per parameter (each slot once, however often a kernel re-reads a row)."""
+    def given(*names):
+        return [kwargs[n] for n in names if kwargs.get(n) is not None]
+
+    a = dict(zip(_POSITIONAL[op], args), **kwargs)
+    if op == "sumsq":
+        return [a["x"]] + given("weights"), []
+    if op == "dot":
+        return [a["x"], a["y"]], []
+    if op == "axpby_":
+        reads = [a["x"]]
+        if isinstance(a["a"], (tuple, torch.Tensor)) or a["a"] != 0:  # y is read unless a is the number 0
+            reads.append(a["y"])
+        if a.get("reduce") is not None:
+            reads += [a[n] for n in ("z", "weights") if a.get(n) is not None and a[n] not in reads]
+        return reads, [a["y"]]
+    if op == "perturb_":
+        reads = [a["d"]] + given("minus") + [a.get("base") or a["p"]]
+        if a.get("base") is not None and a.get("save_to") is not None:
+            reads.append(a["p"])
+        return reads, [a["p"]] + given("save_to", "copy_d_to")
+    if op == "noise_":
+        return [a.get("base") or a["p"]], [a["p"]]
+    if op == "step_sgd_":
+        buf = a.get("buf")
+        reads = [a.get("backup") or a["p"], a["g"]] + given("g2") + ([buf] if buf and not a.get("init_buffers") else [])
+        return reads, [a["p"]] + ([buf] if buf else [])
+    if op == "step_adam_":
+        vmax = [a["vmax"]] if a.get("vmax") else []
+        return [a.get("backup") or a["p"], a["g"], a["m"], a["v"]] + vmax + given("g2"), [a["p"], a["m"], a["v"]] + vmax
+    if op == "centralize_":
+        return [a["x"]], [a["x"]]
+    raise ValueError(f"unknown op {op!r}")
+
+
+# Positional parameters of each op after the table (for traffic()).
+_POSITIONAL = {
+    "sumsq": ("x",), "dot": ("x", "y"), "axpby_": ("y", "x", "a", "b"), "perturb_": ("p", "d", "scale"),
+    "noise_": ("p", "coef"), "step_sgd_": ("p", "g", "buf"), "step_adam_": ("p", "g", "m", "v", "vmax", "steps"),
+    "centralize_": ("x",),
+}
 
 
 def missing_api(module) -> list:

@@ -59,6 +59,7 @@ class Table:
         tensors = list(tensors)
         _check_list(self, name, tensors)
         self._lists[name] = tensors
+        self._grad_slots.discard(name)  # rebinding replaces a slot, a grad slot included
 
     def bind_scalars(self, name, tensors):
         tensors = list(tensors)

@@ -1,18 +1,21 @@
-"""The base-optimizer update of SGD, Adam and AdamW, run through the op contract.
+"""The base-optimizer update of SGD, Adam and AdamW on a plan.
 
-One function serves flatmin's own SGD/Adam/AdamW and, for the SAM family, torch's classes of
-the same names: their hyperparameters live in ``param_groups`` and their state uses torch's
-layout (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so a
-state dict moves freely between the two. Wrappers pass ``backups`` to fold the restore of
-perturbed weights into the update, and ``grads`` to update with a direction other than
-``p.grad``.
+One module serves flatmin's own SGD/Adam/AdamW and, for the SAM family, torch's classes of the
+same names: their hyperparameters live in ``param_groups`` (read at every step, so schedulers
+work) and their state uses torch's layout (``momentum_buffer``; ``step``, ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``), so a state dict moves freely between the two. The state
+is created when the plan is built and bound to its tables; each step is then one fused call
+per bucket. Wrappers pass ``backup`` to fold the restore of perturbed weights into the update,
+and ``grad``/``g2`` to update along another direction than ``p.grad``.
+
+Parameters whose gradient is sparse (an embedding with ``sparse=True``) take torch's own SGD,
+as torch.optim.SGD does; Adam refuses them as torch does.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import backends
-from ..backends.buckets import bucket_indices, take
+from ..plan import Plan
 from . import gc
 
 
@@ -36,36 +39,55 @@ def param_name(group, index: int, group_index: int) -> str:
     return f"parameter {index} of param group {group_index} (shape {shape})"
 
 
-def check_gradients(param_groups, grads=None, who="optimizer") -> None:
-    """Refuse sparse or complex gradients before anything is changed, naming the parameter."""
-    for gi, group in enumerate(param_groups):
-        for i, p in enumerate(group["params"]):
-            g = p.grad if grads is None else grads.get(p)
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError(f"{who} does not support sparse gradients: {param_name(group, i, gi)}")
-            if p.is_complex() or g.is_complex():
-                raise RuntimeError(f"{who} does not support complex tensors: {param_name(group, i, gi)}")
+class Selection:
+    """The parameters a plan covers and the rest, read once when a plan is built."""
+
+    def __init__(self, param_groups, who, joins=lambda p: p.grad is not None, sparse_ok=False):
+        self.params, self.groups, self.sparse, self.without = [], [], [], []
+        for gi, group in enumerate(param_groups):
+            for i, p in enumerate(group["params"]):
+                if not joins(p):
+                    self.without.append(p)
+                    continue
+                g = p.grad
+                if g is not None and g.layout != torch.strided:
+                    if not sparse_ok:
+                        raise RuntimeError(f"{who} does not support sparse gradients: {param_name(group, i, gi)}"
+                                           + (", please consider SparseAdam instead" if who.startswith("Adam") else ""))
+                    self.sparse.append((group, p))
+                    continue
+                self.params.append(p)
+                self.groups.append(group)
+
+    def gc_rows(self, mode_of=None):
+        """GC rows from each group's ``centralize`` (or ``mode_of(group)``: SAM's use_gc)."""
+        mode_of = mode_of or (lambda group: group.get("centralize"))
+        return [gc.applies(mode_of(group), p) for p, group in zip(self.params, self.groups)]
 
 
-def _device_scalar(value, device):
-    return None if value is None else value.to(device=device, dtype=torch.float32, non_blocking=True)
+# ----------------------------------------------------------------------------- state
 
 
-def _sgd_state(state, p, momentum):
-    """(momentum buffer or None, whether it must be initialised from the gradient)."""
-    if momentum == 0:
-        state.setdefault("momentum_buffer", None)
-        return None, False
-    buf = state.get("momentum_buffer")
-    if buf is None:
-        # Zeros, not empty: the first update overwrites it (buf = g, as torch does), but if that
-        # update is skipped on the device (found_inf) the buffer must still hold no garbage. The
-        # next step then starts from momentum * 0 + (1 - dampening) * g.
-        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["momentum_buffer"], True
-    return buf, False
+def _sgd_buffers(optimizer, sel):
+    """Momentum buffers (torch's layout) and whether each is new (buf = g on its first update)."""
+    bufs, fresh = [], []
+    for p, group in zip(sel.params, sel.groups):
+        if group["momentum"] == 0:
+            bufs.append(None)
+            fresh.append(False)
+            continue
+        state = optimizer.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            # Zeros, not empty: the first update overwrites it (buf = g, as torch does), but if that
+            # update is skipped on the device (found_inf) the buffer must still hold no garbage. The
+            # next step then starts from momentum * 0 + (1 - dampening) * g.
+            buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            fresh.append(True)
+        else:
+            fresh.append(False)
+        bufs.append(buf)
+    return bufs, fresh
 
 
 def _adam_state(state, p, amsgrad):
@@ -81,80 +103,96 @@ def _adam_state(state, p, amsgrad):
     return state
 
 
-def update(optimizer, *, backend: str = "auto", backups=None, grads=None, grad_scale=None,
-           found_inf=None, who=None) -> None:
-    """One base-optimizer step of ``optimizer`` (SGD, Adam or AdamW) over every parameter with a
-    gradient, one op call per bucket.
+def build_plan(optimizer, backend, *, who=None, joins=None, offsets=None, fused=True, gc_mode=None):
+    """(plan, parameters left out) for ``optimizer``'s parameters with a gradient, its state
+    created (torch's layout) and bound to the plan's tables when ``fused``."""
+    who = who or type(optimizer).__name__
+    kind = update_kind(optimizer) if fused else None
+    selection = Selection(optimizer.param_groups, who, **({"joins": joins} if joins else {}),
+                          sparse_ok=kind == "sgd")
+    fresh = None
+    if kind == "sgd":
+        bufs, fresh = _sgd_buffers(optimizer, selection)
+    plan = Plan(selection.params, backend=backend, groups=selection.groups, gc_rows=selection.gc_rows(gc_mode),
+                offsets=None if offsets is None else [offsets[p] for p in selection.params], fresh=fresh)
+    plan.sparse = selection.sparse
+    if kind == "sgd":
+        plan.bind("momentum_buffer", bufs)
+    elif kind == "adam":
+        states = [_adam_state(optimizer.state[p], p, g["amsgrad"]) for p, g in zip(selection.params, selection.groups)]
+        plan.bind("exp_avg", [s["exp_avg"] for s in states])
+        plan.bind("exp_avg_sq", [s["exp_avg_sq"] for s in states])
+        plan.bind("max_exp_avg_sq", [s.get("max_exp_avg_sq") for s in states])
+        plan.bind_scalars("step", [s["step"] for s in states])
+    return plan, selection.without
 
-    backups: {param: backup tensor} -- update from the backup instead of the (perturbed) param.
-    grads:   {param: tensor} -- use these instead of ``p.grad`` (params missing from it are skipped).
-    grad_scale, found_inf: the AMP protocol's device scalars (see the op contract).
+
+# ----------------------------------------------------------------------------- the update
+
+
+def _on(value, device):
+    """A per-step device scalar (AMP's grad_scale / found_inf, a tensor lr) on ``device``."""
+    if isinstance(value, tuple):
+        return value[0], _on(value[1], device)
+    if not torch.is_tensor(value):
+        return value
+    if value.device == device and value.dtype == torch.float32:
+        return value
+    return value.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def _per_bucket(value, bucket):
+    """A scalar for one bucket: a callable of the bucket (a plan's device-local slot), a tensor
+    (moved to the bucket's device), or a number."""
+    if callable(value):
+        return value(bucket)
+    return _on(value, bucket.device)
+
+
+def update(optimizer, plan, *, grad="grad", g2=None, g_coef=1.0, g2_coef=1.0, backup=None, grad_scale=None,
+           found_inf=None) -> None:
+    """One base-optimizer step of every parameter of ``plan``, one fused call per bucket.
+
+    grad, g2, g_coef, g2_coef: the direction ``g_coef * grad + g2_coef * g2`` (slot names).
+    backup: slot of the unperturbed weights -- the restore, folded into the update (also done
+    when the step is skipped). grad_scale, found_inf: the AMP protocol's device scalars. Scalars
+    may be callables of the bucket (see ``_per_bucket``).
     """
     kind = update_kind(optimizer)
-    if kind is None:
-        raise TypeError(f"cannot fuse the update of {type(optimizer).__name__}")
-    who = who or type(optimizer).__name__
-    check_gradients(optimizer.param_groups, grads, who)
-    for group in optimizer.param_groups:
-        params, gradients = [], []
-        for p in group["params"]:
-            g = p.grad if grads is None else grads.get(p)
-            if g is not None:
-                params.append(p)
-                gradients.append(g)
-        if params:
-            (_update_sgd if kind == "sgd" else _update_adam)(
-                optimizer, group, params, gradients, backend, backups, grad_scale, found_inf
-            )
+    per_bucket = dict(lr=lambda b: _on(b.group["lr"], b.device), maximize=lambda b: b.group.get("maximize", False),
+                      centralize=lambda b: b.group.get("centralize") is not None, backup=backup, g2=g2,
+                      g_coef=lambda b: _per_bucket(g_coef, b), g2_coef=lambda b: _per_bucket(g2_coef, b),
+                      grad_scale=lambda b: _per_bucket(grad_scale, b), found_inf=lambda b: _per_bucket(found_inf, b))
+    if kind == "sgd":
+        plan.each("step_sgd_", "param", grad, buf=lambda b: "momentum_buffer" if b.group["momentum"] != 0 else None,
+                  weight_decay=lambda b: b.group["weight_decay"], momentum=lambda b: b.group["momentum"],
+                  dampening=lambda b: b.group["dampening"], nesterov=lambda b: b.group["nesterov"],
+                  init_buffers=lambda b: b.fresh, **per_bucket)
+        for bucket in plan.buckets:
+            bucket.fresh = False
+    else:
+        plan.each("step_adam_", "param", grad, "exp_avg", "exp_avg_sq",
+                  vmax=lambda b: "max_exp_avg_sq" if b.group["amsgrad"] else None, steps="step",
+                  beta1=lambda b: float(b.group["betas"][0]), beta2=lambda b: float(b.group["betas"][1]),
+                  eps=lambda b: b.group["eps"], weight_decay=lambda b: b.group["weight_decay"],
+                  decoupled=lambda b: b.group.get("decoupled_weight_decay", type(optimizer).__name__ == "AdamW"),
+                  amsgrad=lambda b: b.group["amsgrad"], **per_bucket)
+    if getattr(plan, "sparse", None):
+        _sparse_sgd(optimizer, plan.sparse, grad_scale, found_inf)
 
 
-def _backup_list(backups, params):
-    return None if backups is None else [backups[p] for p in params]
+def _sparse_sgd(optimizer, entries, grad_scale, found_inf):
+    """Parameters with sparse gradients: torch's own SGD (no GC, no fused restore), as torch.optim does."""
+    if found_inf is not None and bool(found_inf.reshape(()) > 0):  # this rare path reads found_inf on the host
+        return
+    from torch.optim.sgd import sgd as torch_sgd
 
-
-def _update_sgd(optimizer, group, params, grads, backend, backups, grad_scale, found_inf):
-    momentum = group["momentum"]
-    bufs, init = [], []
-    for p in params:
-        buf, fresh = _sgd_state(optimizer.state[p], p, momentum)
-        bufs.append(buf)
-        init.append(fresh)
-    bufs = bufs if momentum != 0 else None
-    flags = gc.flags(group.get("centralize"), params)
-    backup_list = _backup_list(backups, params)
-    for (device, _, fresh), idx in bucket_indices(
-        [params, grads, bufs, backup_list], extra_key=init.__getitem__
-    ).items():
-        backends.resolve(backend, device).step_sgd_(
-            take(params, idx), take(grads, idx), take(bufs, idx),
-            lr=group["lr"], weight_decay=group["weight_decay"], momentum=momentum,
-            dampening=group["dampening"], nesterov=group["nesterov"],
-            maximize=group.get("maximize", False), init_buffers=fresh,
-            centralize=take(flags, idx), backups=take(backup_list, idx),
-            grad_scale=_device_scalar(grad_scale, device), found_inf=_device_scalar(found_inf, device),
-        )
-
-
-def _update_adam(optimizer, group, params, grads, backend, backups, grad_scale, found_inf):
-    amsgrad = group["amsgrad"]
-    states = [_adam_state(optimizer.state[p], p, amsgrad) for p in params]
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-    max_sqs = [s["max_exp_avg_sq"] for s in states] if amsgrad else None
-    steps = [s["step"] for s in states]
-    decoupled = group.get("decoupled_weight_decay", type(optimizer).__name__ == "AdamW")
-    beta1, beta2 = group["betas"]
-    flags = gc.flags(group.get("centralize"), params)
-    backup_list = _backup_list(backups, params)
-    for (device, _), idx in bucket_indices(
-        [params, grads, exp_avgs, exp_avg_sqs, max_sqs, backup_list]
-    ).items():
-        backends.resolve(backend, device).step_adam_(
-            take(params, idx), take(grads, idx), take(exp_avgs, idx), take(exp_avg_sqs, idx),
-            take(max_sqs, idx), take(steps, idx),
-            lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], decoupled=decoupled, amsgrad=amsgrad,
-            maximize=group.get("maximize", False), centralize=take(flags, idx),
-            backups=take(backup_list, idx),
-            grad_scale=_device_scalar(grad_scale, device), found_inf=_device_scalar(found_inf, device),
-        )
+    for group, p in entries:
+        grad = p.grad if grad_scale is None else p.grad / grad_scale.to(p.device)
+        state = optimizer.state[p]
+        bufs = [state.get("momentum_buffer")]  # torch creates it from the first gradient, in the list
+        torch_sgd([p], [grad], bufs, has_sparse_grad=True, foreach=False, weight_decay=group["weight_decay"],
+                  momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                  nesterov=group["nesterov"], maximize=group.get("maximize", False))
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = bufs[0]

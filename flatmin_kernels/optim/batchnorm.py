@@ -26,27 +26,35 @@ def _batchnorms(model: torch.nn.Module):
 
 def disable_running_stats(model: torch.nn.Module) -> None:
     """Freeze the running statistics of every BatchNorm in ``model`` (momentum -> 0)."""
+    counters, saved = [], []
     for module in _batchnorms(model):
         if hasattr(module, "backup_momentum"):
             continue  # already disabled: keep the real momentum
         module.backup_momentum = module.momentum
         module.momentum = 0.0
         if module.num_batches_tracked is not None:
-            # A device-side copy (no host sync); a 0-d tensor per BatchNorm.
-            module.backup_num_batches_tracked = module.num_batches_tracked.clone()
+            backup = getattr(module, "_flatmin_batches_tracked", None)
+            if backup is None or backup.device != module.num_batches_tracked.device:
+                backup = module._flatmin_batches_tracked = torch.empty_like(module.num_batches_tracked)
+            counters.append(module.num_batches_tracked)
+            saved.append(backup)
+    if counters:  # one device-side copy for every BatchNorm (no host sync)
+        torch._foreach_copy_(saved, counters)
 
 
 def enable_running_stats(model: torch.nn.Module) -> None:
     """Undo :func:`disable_running_stats` (a no-op for modules that were not disabled)."""
+    counters, saved = [], []
     for module in _batchnorms(model):
         if not hasattr(module, "backup_momentum"):
             continue
         module.momentum = module.backup_momentum
         del module.backup_momentum
-        saved = getattr(module, "backup_num_batches_tracked", None)
-        if saved is not None:
-            module.num_batches_tracked.copy_(saved)
-            del module.backup_num_batches_tracked
+        if module.num_batches_tracked is not None and hasattr(module, "_flatmin_batches_tracked"):
+            counters.append(module.num_batches_tracked)
+            saved.append(module._flatmin_batches_tracked)
+    if counters:
+        torch._foreach_copy_(counters, saved)
 
 
 @contextmanager

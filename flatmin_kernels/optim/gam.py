@@ -15,31 +15,47 @@ and the base optimizer's update from w with direction d. ``form="paper"`` is the
 Algorithm 2; ``form="reference"`` reproduces the official code, whose h- has coefficient 1 on
 g0 (and 1 - beta on g2). ``adaptive=True`` makes the three perturbations ASAM-style.
 
-Three extra parameter-sized buffers (the official code keeps six): W (the backup of w),
-A (accumulates h-) and B (accumulates h+, then d). h0 is formed in the gradient itself, so
-g0 is kept exactly (A <- g0, no g1 - (g1 - g0) cancellation).
+Three extra parameter-sized buffers (the official code keeps six): W (the backup of w), A
+(g0, then h-) and B (alpha g1, then h+). Every norm is computed in the pass that writes or
+reads its operand (the reductions' second stage also yields the scale, found_inf and the
+coefficient 1 + gamma c), and the update reads d = coef * B - gamma * A and w from W directly,
+so a step moves 124 bytes per fp32 parameter with AdamW in 13 launches per bucket (the
+official code: about 176 bytes in about 69 operations):
 
-A non-finite gradient in any pass skips every later perturbation and the update; the weights
-are then w again, unchanged. For that the weights are restored from W by a copy before the
-update rather than inside it: a fused restore could not also undo the perturbation when the
-update is skipped. Costs in tensor passes are the same as a save_to backup plus a conditional
-restore (copy W: 2, perturb: 3, restore: 2).
+    after g0:  sumsq(g0)                                   4 B
+               W <- w, A <- g0, w <- w + s0 g0             20 B
+    after g1:  B <- alpha g1, sumsq(g1 - g0)               12 B
+               w <- W + s1 (g1 - g0)                       16 B
+    after g2:  A <- beta A + (1 - beta) g2, sumsq(g2)      12 B
+               w <- w + s2 g2                              12 B
+    after g3:  B <- B + (1 - alpha) g3, ||B||^2, <B, A>    16 B
+               AdamW from W along coef B - gamma A         32 B
+
+A non-finite gradient in any pass skips every later perturbation and the update; the update's
+restore-on-skip then puts w back from W, so the weights end at w, unchanged.
 """
 from __future__ import annotations
 
 import torch
 
-from ..backends.buckets import take
-from .wrapper import WrapperOptimizer, check_non_negative, check_unit_interval
+from ..backends.contract import InvNorm, Ratio, StaleTable
+from .wrapper import FOUND_INF, WrapperOptimizer, check_non_negative, check_unit_interval, found_inf_of
 
 FORMS = ("paper", "reference")
+
+# Per-step scalar slots: norms, their inverse (for the scales), the sums of pass 4 and coef.
+N0, INV0, N1, INV1, N2, INV2, HP_SQ, HP_DOT, COEF = range(9)
 
 
 class GAM(WrapperOptimizer):
     """``GAM(params, base_optimizer, *, grad_rho=0.02, grad_norm_rho=0.2, grad_beta_0=0.5,
     grad_beta_1=0.6, grad_gamma=0.03, adaptive=False, form="paper", model=None,
-    backend="auto", **base_kwargs)`` with ``step(closure)`` (four closure calls per step).
-    Returns the loss of the first, clean pass."""
+    backend="auto", **base_kwargs)`` with ``step(closure)`` (four gradients per step: the closure
+    runs four times, or three when a backward since the last step already left the gradients
+    at w -- see SAM.step for the rule). Returns the loss of the first, clean pass (or, when the
+    caller computed it, the loss of the second)."""
+
+    buffer_names = ("W", "A", "B")
 
     def __init__(self, params, base_optimizer, *, grad_rho=0.02, grad_norm_rho=0.2,
                  grad_beta_0=0.5, grad_beta_1=0.6, grad_gamma=0.03, adaptive=False,
@@ -59,74 +75,74 @@ class GAM(WrapperOptimizer):
         super().__init__(params, base_optimizer, {}, model=model, backend=backend,
                          base_kwargs=base_kwargs)
 
-    def _scale(self, rho, norm_sq):
-        return rho / (norm_sq.sqrt() + self.eps)
-
-    def _perturb(self, params, directions, scale, found_inf, *, base=None):
-        """p <- b + scale * D(d) on every bucket (ASAM's D when adaptive); nothing if found_inf."""
-        lists = [params, directions] + ([base] if base is not None else [])
-        for ops, dev, idx in self.buckets(*lists):
-            ops.perturb_(take(params, idx), take(directions, idx), scale.to(dev),
-                         base=take(base, idx), adaptive=self.adaptive, found_inf=found_inf.to(dev))
+    def _scale(self, plan, rho, slot):
+        return lambda b: (rho, plan.scalar(slot, b.device))
 
     @torch.no_grad()
     def step(self, closure=None):
         closure = self.require_closure(closure)
-        self.clear_grads()
-        loss = closure()  # pass 1 at w, with the usual BatchNorm statistics
-        sel = self.with_grads()
-        P, G = sel.params, sel.grads
-        if not P:
+        self.amp_begin()
+        loss = None
+        if not self.first_pass_done():
+            self.clear_grads()
+            loss = closure()  # pass 1 at w, with the usual BatchNorm statistics
+        self.forget_passes()
+        plan = self.plan()
+        if not plan.buckets:
             return loss
-        W, A, B = (self.buffers(name, P) for name in ("W", "A", "B"))
-        weights = (lambda xs: xs) if self.adaptive else (lambda xs: None)
+        weights = (lambda name: name) if self.adaptive else (lambda name: None)
+        found_inf = found_inf_of(plan)
 
-        # g0: W <- w; A <- g0; w1 = w + rho' g0 / ||g0||. (W is copied on its own, not through
-        # perturb_'s save_to, because a skipped perturb_ may skip its save_to too, and the
-        # restore below needs W whatever happens.)
-        self.copy_(W, P)
-        self.copy_(A, G)
-        seen = self.sumsq(G, weights=weights(P))
-        found_inf = (~torch.isfinite(seen)).float()
-        self._perturb(P, G, self._scale(self.grad_rho, seen), found_inf)
+        # g0: ||g0||; W <- w, A <- g0, w1 = w + rho' g0 / ||g0||.
+        plan.reduce("sumsq", "grad", weights=weights("param"), index=N0,
+                    epilogue=InvNorm(self.eps, inv=INV0, inf=FOUND_INF))
+        plan.each("perturb_", "param", "grad", scale=self._scale(plan, self.grad_rho, INV0), save_to="W",
+                  copy_d_to="A", adaptive=self.adaptive, found_inf=found_inf)
         self.running_stats_off()
 
-        # g1: B <- alpha g1; the gradient becomes h0 = g1 - g0; w2 = w + rho h0 / ||h0||; A <- beta g0.
-        G = self._next_pass(closure, sel)
-        self.axpby_(B, G, 0, self.alpha)
-        self.axpby_(G, A, 1, -1)
-        h0_sq = self.sumsq(G, weights=weights(W))
-        seen = seen + h0_sq
-        found_inf = (~torch.isfinite(seen)).float()
-        self._perturb(P, G, self._scale(self.grad_norm_rho, h0_sq), found_inf, base=W)
+        # g1: B <- alpha g1 and ||g1 - g0||; w2 = w + rho (g1 - g0) / ||g1 - g0||.
+        second_loss = self._next_pass(closure, plan)
+        loss = second_loss if loss is None else loss
+        plan.reduce("axpby_", "B", "grad", 0, self.alpha, reduce="x", z="A", weights=weights("W"), index=N1,
+                    epilogue=InvNorm(self.eps, inv=INV1, inf=FOUND_INF, inf_accumulate=True))
+        plan.each("perturb_", "param", "grad", scale=self._scale(plan, self.grad_norm_rho, INV1), minus="A",
+                  base="W", adaptive=self.adaptive, found_inf=found_inf)
+
+        # g2: A <- beta0 g0 + (1 - beta) g2 = h- and ||g2||; w3 = w2 + rho' g2 / ||g2||.
+        self._next_pass(closure, plan)
         beta0 = self.beta if self.form == "paper" else 1.0
-        if beta0 != 1.0:
-            self.axpby_(A, A, 0, beta0)
+        plan.reduce("axpby_", "A", "grad", beta0, 1 - self.beta, reduce="x", weights=weights("param"), index=N2,
+                    epilogue=InvNorm(self.eps, inv=INV2, inf=FOUND_INF, inf_accumulate=True))
+        plan.each("perturb_", "param", "grad", scale=self._scale(plan, self.grad_rho, INV2),
+                  adaptive=self.adaptive, found_inf=found_inf)
 
-        # g2: A += (1 - beta) g2 = h-; w3 = w2 + rho' g2 / ||g2||.
-        G = self._next_pass(closure, sel)
-        self.axpby_(A, G, 1, 1 - self.beta)
-        g2_sq = self.sumsq(G, weights=weights(P))
-        seen = seen + g2_sq
-        found_inf = (~torch.isfinite(seen)).float()
-        self._perturb(P, G, self._scale(self.grad_rho, g2_sq), found_inf)
+        # g3: B <- B + (1 - alpha) g3 = h+, with ||h+||^2 and <h+, h->: coef = 1 + gamma c.
+        self._next_pass(closure, plan)
+        plan.reduce("axpby_", "B", "grad", 1, 1 - self.alpha, reduce="y", z="A", index=HP_SQ, width=2,
+                    epilogue=Ratio(self.eps, self.gamma, coef=COEF, inf=FOUND_INF, inf_accumulate=True))
 
-        # g3: B += (1 - alpha) g3 = h+; d = (1 + gamma c) h+ - gamma h-, c = <h-,h+> / (||h+||^2 + eps).
-        G = self._next_pass(closure, sel)
-        self.axpby_(B, G, 1, 1 - self.alpha)
-        hp_sq = self.sumsq(B)
-        c = self.dot(A, B) / (hp_sq + self.eps)
-        found_inf = (~torch.isfinite(seen + hp_sq + c)).float()
-        self.axpby_(B, A, 1 + self.gamma * c, -self.gamma)
-
-        # Back to w exactly, then the base update with d (skipped, writing nothing, if non-finite).
-        self.copy_(P, W)
-        self.base_step(grads=dict(zip(P, B)), found_inf=found_inf)
+        # Back to w (from W, also when skipped) and the base update along d = coef h+ - gamma h-.
+        grad_scale, found_inf = self.amp_update(plan)
+        self.base_step(plan, grad="B", g2="A", g_coef=lambda b: (1.0, plan.scalar(COEF, b.device)),
+                       g2_coef=-self.gamma, backup="W", grad_scale=grad_scale, found_inf=found_inf)
+        self.amp_end(plan)
         self.running_stats_on()
+        self.clear_grads()
         return loss
 
-    def _next_pass(self, closure, sel):
-        """Run the closure at the current (perturbed) weights; its fresh gradients, same params."""
+    def _next_pass(self, closure, plan):
+        """Run the closure at the current (perturbed) weights and read its gradients into the plan;
+        every pass must reach the same parameters (else w is restored and the step refused)."""
         self.clear_grads()
-        closure()
-        return self.grads_of(sel).grads
+        loss = closure()
+        try:
+            plan.refresh()
+        except StaleTable as exc:
+            plan.refresh(grads=False)
+            plan.each("axpby_", "param", "W", 0, 1)
+            self.running_stats_on()
+            raise RuntimeError(
+                f"{type(self).__name__}: a parameter that had a gradient in the first pass has none (or a "
+                f"different one) in a later pass ({exc}); every pass must backpropagate through the same "
+                f"parameters. The weights were restored; no update was made.") from None
+        return loss

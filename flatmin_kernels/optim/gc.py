@@ -42,5 +42,6 @@ def centralize_gradient(grad: torch.Tensor, conv_only: bool = False) -> torch.Te
     """
     if grad.is_sparse or grad.is_complex():
         raise TypeError("centralize_gradient needs a dense real tensor")
-    torch_backend.centralize_([grad], [applies("gcc" if conv_only else "gc", grad)])
+    if applies("gcc" if conv_only else "gc", grad):
+        torch_backend.centralize_(torch_backend.Table([grad], gc_rows=[True]), "param")
     return grad

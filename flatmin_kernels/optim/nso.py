@@ -16,9 +16,10 @@ gradient), so the noise of a tensor does not depend on which others have gradien
 regenerated for the +U, -U (and, without exact restore, the restore) phases, never stored.
 Every trainable parameter (requires_grad) is perturbed; sigma is absolute, per param group.
 
-Memory. ``exact_restore=True`` keeps one parameter-sized backup W (the weights come back
-bit-exactly, by a copy); ``exact_restore=False`` keeps none and walks back with the
-regenerated noise (W + U - 2U + U, exact up to rounding). The gradients of the passes are
+Memory. ``exact_restore=True`` keeps one parameter-sized backup W: the base update reads W
+from it (the restore folded into the update, as SAM's), so the weights come back bit-exactly at
+no extra pass; ``exact_restore=False`` keeps none and walks back with the regenerated noise
+(W + U - 2U + U, exact up to rounding). The gradients of the passes are
 summed in ``p.grad`` itself: inside ``step`` the closure's ``optimizer.zero_grad()`` is a
 no-op. A closure that sets the gradients to None some other way (``model.zero_grad()``) still
 works -- the sum so far is held while backward writes a fresh gradient, then folded in -- at
@@ -26,7 +27,8 @@ the cost of one transient gradient-sized buffer. (A closure that zeroes gradient
 behind the optimizer's back, ``model.zero_grad(set_to_none=False)``, is not supported.)
 
 The seed (from ``seed=`` or drawn once from torch's generator) and the step counter are in
-``state_dict()``, so a resumed run draws the same noise. A non-finite gradient in any pass
+``state_dict()``, so a resumed run draws the same noise. The counter lives on the device and
+the kernels read it there, so a step captured in a CUDA graph draws new noise at every replay. A non-finite gradient in any pass
 skips the update (one fp32 norm of the final direction decides, on the device).
 """
 from __future__ import annotations
@@ -35,8 +37,11 @@ from contextlib import contextmanager
 
 import torch
 
-from ..backends.buckets import take
-from .wrapper import WrapperOptimizer, check_non_negative, check_unit_interval
+from .. import functional
+from ..backends.contract import InvNorm
+from ..plan import Plan
+from .host import HostPath
+from .wrapper import FOUND_INF, WrapperOptimizer, check_non_negative, check_unit_interval
 
 
 class NSO(WrapperOptimizer):
@@ -59,16 +64,45 @@ class NSO(WrapperOptimizer):
         self.antithetic = bool(antithetic)
         self.lam = float(lam)
         self.exact_restore = bool(exact_restore)
+        self.buffer_names = ("backup",) if self.exact_restore else ()
         self.seed = int(seed)
-        self.noise_step = 0
-        self._accumulating = False
         super().__init__(params, base_optimizer, dict(sigma=sigma), model=model, backend=backend,
                          base_kwargs=base_kwargs)
+
+    def init_step_state(self, state):
+        state.first_noise_step = 0  # the counter's value when it is made
+        state.counters = {}  # device -> int64 step counter
+        state.accumulating = False  # inside step: the passes sum their gradients
+        state.noise_host = HostPath(self, self._build_noise_plan)
+        state.stranded = None  # (noise plan, update plan, restore plan)
 
     def check_group(self, group):
         check_non_negative(sigma=group["sigma"])
 
     # ------------------------------------------------------------------ state
+
+    def _counter(self, device) -> torch.Tensor:
+        """The noise step counter on ``device`` (int64; every device's copy advances together)."""
+        state = self._step_state
+        counter = state.counters.get(device)
+        if counter is None:
+            counter = state.counters[device] = torch.full((1,), state.first_noise_step, dtype=torch.int64,
+                                                          device=device)
+        return counter
+
+    @property
+    def noise_step(self) -> int:
+        """Steps taken so far (read from the device: for state_dict and diagnostics, not the step)."""
+        for counter in self._step_state.counters.values():
+            return int(counter.item())
+        return self._step_state.first_noise_step
+
+    def kept_state(self):
+        return dict(super().kept_state(), noise_step=self.noise_step)
+
+    def restore_kept_state(self, kept):
+        super().restore_kept_state(kept)
+        self._step_state.first_noise_step = kept.get("noise_step", 0)
 
     def extra_state(self):
         return {"seed": self.seed, "noise_step": self.noise_step}
@@ -76,7 +110,8 @@ class NSO(WrapperOptimizer):
     def load_extra_state(self, extra):
         if "seed" in extra:
             self.seed = int(extra["seed"])
-            self.noise_step = int(extra["noise_step"])
+            self._step_state.first_noise_step = int(extra["noise_step"])
+            self._step_state.counters.clear()
 
     def closure_calls(self) -> int:
         """Forward/backward passes per step."""
@@ -86,21 +121,21 @@ class NSO(WrapperOptimizer):
         return perturbed + (1 if self.lam > 0 else 0)
 
     def zero_grad(self, set_to_none: bool = True):
-        if self._accumulating:  # the passes of a step sum their gradients in p.grad
+        if self._step_state.accumulating:  # the passes of a step sum their gradients in p.grad
             return
         super().zero_grad(set_to_none=set_to_none)
 
     @contextmanager
     def _summing_gradients(self):
-        self._accumulating = True
+        self._step_state.accumulating = True
         try:
             yield
         finally:
-            self._accumulating = False
+            self._step_state.accumulating = False
 
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ the plans
 
-    def _offsets(self):
+    def noise_offsets(self):
         """Global element offset of every parameter: all groups, in order, gradient or not."""
         offsets, j = {}, 0
         for group in self.param_groups:
@@ -109,26 +144,55 @@ class NSO(WrapperOptimizer):
                 j += p.numel()
         return offsets
 
-    def _noise(self, trainable, coef_of_sigma, sample, base=None):
+    @property
+    def noise_path(self) -> HostPath:
+        """The plan of the noise passes: every trainable parameter, whether or not it gets a gradient."""
+        return self._step_state.noise_host
+
+    def _build_noise_plan(self):
+        return self._build_plan(joins=lambda p: p.requires_grad, fused=False)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if getattr(self._step_state, "noise_host", None) is not None:  # None while torch's __init__ adds groups
+            self.noise_path.invalidate()
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.noise_path.invalidate()
+
+
+    def _stranded(self, noise, plan):
+        """A plan of the trainable parameters the update plan does not cover (no gradient this
+        step: unused in the forward), rebuilt only when either plan is; None when there are none."""
+        seen = self._step_state.stranded
+        if seen is None or seen[0] is not noise or seen[1] is not plan:
+            covered = {id(p) for p in plan.params}
+            stranded = [p for p in noise.params if id(p) not in covered]
+            restore = None
+            if stranded:
+                restore = Plan(stranded, backend=self.backend, live_grads=False)
+                restore.bind("backup", self.buffers("backup", stranded))
+            self._step_state.stranded = (noise, plan, restore)
+        return self._step_state.stranded[2]
+
+    # ------------------------------------------------------------------ the step
+
+    def _noise(self, plan, coef_of_sigma, sample, base):
         """p <- b + coef * sigma * N(seed, t, sample, j) for every trainable parameter."""
-        for group, ps, offs in trainable:
-            b = None if base is None else [base[p] for p in ps]
-            coef = coef_of_sigma * group["sigma"]
-            for ops, _, idx in self.buckets(ps, b):
-                ops.noise_(take(ps, idx), coef, seed=self.seed, step=self.noise_step & 0xFFFFFFFF,
-                           sample=sample, offsets=take(offs, idx), base=take(b, idx))
+        plan.each("noise_", "param", coef=lambda b: coef_of_sigma * b.group["sigma"], seed=self.seed,
+                  step=lambda b: self._counter(b.device), sample=sample, base=base)
 
     def _pass(self, closure):
         """One forward/backward; gradients add up in p.grad (see the module docstring)."""
         params = [p for g in self.param_groups for p in g["params"]]
         held = [p.grad for p in params]
         loss = closure()
-        replaced = [(h, p.grad) for h, p in zip(held, params)
-                    if h is not None and p.grad is not h]
+        replaced = [(h, p.grad) for h, p in zip(held, params) if h is not None and p.grad is not h]
         if replaced:  # the closure set gradients to None: fold the fresh ones into the held sum
             sums = [h for h, _ in replaced]
             fresh = [torch.zeros_like(h) if g is None else g for h, g in replaced]
-            self.axpby_(sums, fresh, 1, 1)
+            functional.axpby_(sums, fresh, 1, 1, backend=self.backend)
             for p, h in zip(params, held):
                 if h is not None:
                     p.grad = h
@@ -137,49 +201,52 @@ class NSO(WrapperOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         closure = self.require_closure(closure)
-        self.clear_grads()  # every gradient of this step comes from its own passes
-        offsets = self._offsets()
-        trainable = []
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.requires_grad]
-            trainable.append((group, ps, [offsets[p] for p in ps]))
-        params = [p for _, ps, _ in trainable for p in ps]
+        self.amp_begin()
+        clean_done = self.lam > 0 and self.first_pass_done()
+        if not clean_done:
+            self.clear_grads()  # every gradient of this step comes from its own passes
+        self.forget_passes()
         perturbed_passes = self.num_perturbs * (2 if self.antithetic else 1)
         weight = (1 - self.lam) / perturbed_passes  # of each perturbed gradient
+        exact = self.exact_restore and self.lam < 1
         loss = None
         with self._summing_gradients():
             if self.lam > 0:
-                loss = self._pass(closure)
+                if not clean_done:
+                    loss = self._pass(closure)
                 self.running_stats_off()
                 if self.lam < 1:  # pre-scale: lam * g = weight * (lam / weight) * g
-                    gs = [p.grad for p in params if p.grad is not None]
-                    self.axpby_(gs, gs, 0, self.lam / weight)
+                    self.plan().each("axpby_", "grad", "grad", 0, self.lam / weight)
             if self.lam < 1:
-                backup = None
-                if self.exact_restore:
-                    backup = dict(zip(params, self.buffers("backup", params)))
-                    self.copy_(list(backup.values()), params)
+                noise = self.noise_path.get(grads=False)
+                base = "backup" if exact else None
+                if exact:
+                    noise.each("axpby_", "backup", "param", 0, 1)
                 for sample in range(self.num_perturbs):
-                    self._noise(trainable, 1.0, sample, base=backup)  # W + U
+                    self._noise(noise, 1.0, sample, base)  # W + U
                     first = self._pass(closure)
                     loss = first if loss is None else loss
                     self.running_stats_off()
                     if self.antithetic:  # W - U (from the backup, or W + U - 2U)
-                        self._noise(trainable, -1.0 if backup else -2.0, sample, base=backup)
+                        self._noise(noise, -1.0 if exact else -2.0, sample, base)
                         self._pass(closure)
-                    if backup is None:  # walk back to W with the regenerated noise
-                        self._noise(trainable, 1.0 if self.antithetic else -1.0, sample)
-                if backup is not None:
-                    self.copy_(params, [backup[p] for p in params])
-        self.noise_step += 1
+                    if not exact:  # walk back to W with the regenerated noise
+                        self._noise(noise, 1.0 if self.antithetic else -1.0, sample, None)
+                for counter in self._step_state.counters.values():
+                    counter.add_(1)
 
-        with_grad = [p for p in params if p.grad is not None]
-        grads = [p.grad for p in with_grad]
-        device = params[0].device if params else torch.device("cpu")
-        found_inf = (~torch.isfinite(self.sumsq(grads, device=device))).float()
-        grad_scale = None
-        if self.lam < 1:  # d = weight * (sum of the passes' gradients), as the AMP unscale divides
-            grad_scale = torch.full((), 1.0 / weight, dtype=torch.float32, device=device)
-        self.base_step(grad_scale=grad_scale, found_inf=found_inf)
+        # d = weight * (sum of the passes' gradients); a non-finite one skips the update, and with the
+        # exact restore the update reads W from the backup (also when skipped).
+        plan = self.plan()
+        if exact:
+            stranded = self._stranded(noise, plan)
+            if stranded is not None:  # perturbed, but no gradient to update with: back to W by a copy
+                stranded.each("axpby_", "param", "backup", 0, 1)
+        plan.reduce("sumsq", "grad", index=0, epilogue=InvNorm(1.0, inv=1, inf=FOUND_INF))
+        grad_scale, found_inf = self.amp_update(plan)
+        self.base_step(plan, g_coef=weight if self.lam < 1 else 1.0, backup="backup" if exact else None,
+                       grad_scale=grad_scale, found_inf=found_inf)
+        self.amp_end(plan)
         self.running_stats_on()
+        self.clear_grads()
         return loss

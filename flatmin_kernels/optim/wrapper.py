@@ -1,22 +1,47 @@
 """What SAM, GAM and NSO share: a torch optimizer that wraps a *base optimizer* class.
 
 The wrapper builds the base optimizer on its own ``param_groups`` and then shares both the
-groups and the state with it (so an LR scheduler can wrap either, and ``state_dict()``
-holds the base's momentum and moments: resumes do not spike). The extra passes at
-perturbed weights are the wrapper's; the update at the unperturbed weights is the base's:
-fused through :func:`base_update.update` for torch's or flatmin's SGD/Adam/AdamW, and
-``base_optimizer.step()`` for any other class (the generic path).
+groups and the state with it (so an LR scheduler can wrap either, and ``state_dict()`` holds
+the base's momentum and moments: resumes do not spike). The extra passes at perturbed weights
+are the wrapper's; the update at the unperturbed weights is the base's: fused into one call per
+bucket for torch's or flatmin's SGD/Adam/AdamW, and ``base_optimizer.step()`` for any other
+class (the generic path).
 
-Every tensor operation goes through the op contract, one call per bucket of tensors.
+Every tensor operation runs on the wrapper's plan (``host.py``): the base optimizer's
+parameters and state plus the wrapper's own parameter-sized buffers, bound once to each
+bucket's table; a steady-state step is a handful of fused calls per bucket.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from .. import backends
-from ..backends.buckets import bucket_indices, take
-from . import base_update
+from . import amp, base_update
 from .batchnorm import disable_running_stats, enable_running_stats
+from ..backends.contract import InvNorm
+from .host import HostPath
+
+# Per-step scalar slots (Plan.scalars) shared by the wrappers' code.
+FOUND_INF = 15
+
+
+class StepState:
+    """Everything a wrapper changes while it steps, in one object made at construction.
+
+    The optimizer's ``__dict__`` is never rebound during a step, so a shallow copy of it --
+    Lightning's ``LightningOptimizer`` is one -- shares the step state with the optimizer
+    instead of splitting it (a first step taken through the copy is then seen by the original).
+    """
+
+    def __init__(self):
+        self.backward_seen = False  # a backward reached the parameters since the last zero/clear
+        self.grads_cleared = False  # the optimizer itself left the gradients as None
+        self.grad_scaler = None  # torch.amp.GradScaler of an fp16 run
+        self.host = None  # HostPath: the plan
+        self.buffers = {}  # name -> {param: parameter-sized buffer}
+        self.hook = None  # the autograd hook that sets backward_seen
 
 
 def check_non_negative(**values) -> None:
@@ -31,23 +56,19 @@ def check_unit_interval(**values) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
-class Selection:
-    """Parallel lists of the parameters that take part in a pass, grouped as ``param_groups`` is."""
-
-    def __init__(self, groups):
-        self.groups = groups  # [(group, [params], [grads])]
-
-    @property
-    def params(self):
-        return [p for _, ps, _ in self.groups for p in ps]
-
-    @property
-    def grads(self):
-        return [g for _, _, gs in self.groups for g in gs]
-
-
 class WrapperOptimizer(torch.optim.Optimizer):
-    """Base class of SAM, GAM and NSO: builds, shares and drives the base optimizer."""
+    """Base class of SAM, GAM and NSO: builds, shares and drives the base optimizer.
+
+    ``grad_scaler``: the ``torch.amp.GradScaler`` of an fp16 run (see ``amp.py``); with it the
+    wrapper takes GradScaler's protocol (``scaler.step(opt, closure)``, or for SAM the two-call
+    recipe) and checks every pass for overflows itself.
+    """
+
+    # GradScaler.step hands us grad_scale / found_inf (see amp.py) instead of unscaling itself.
+    _step_supports_amp_scaling = True
+
+    # Names of the parameter-sized buffers a subclass keeps (bound to the plan as slots).
+    buffer_names: tuple = ()
 
     def __init__(self, params, base_optimizer, defaults, *, model, backend, base_kwargs):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
@@ -56,8 +77,12 @@ class WrapperOptimizer(torch.optim.Optimizer):
                 f"arguments go to {type(self).__name__}), got {base_optimizer!r}"
             )
         backends.check_choice(backend)
+        capturable = base_kwargs.pop("capturable", False)
+        if "capturable" in inspect.signature(base_optimizer.__init__).parameters:
+            base_kwargs["capturable"] = capturable
         self.backend = backend
         self.model = model
+        self._step_state = StepState()
         self._wrapper_defaults = dict(defaults)
         self.base_optimizer = None
         super().__init__(params, defaults)
@@ -67,6 +92,14 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self.state = self.base_optimizer.state
         self.defaults = {**self.base_optimizer.defaults, **defaults}
         self.fused = base_update.update_kind(self.base_optimizer) is not None
+        self.capturable = bool(capturable)
+        if self.capturable and not self.fused:
+            raise ValueError(f"capturable=True needs a base optimizer flatmin can fuse (torch's or flatmin's SGD, "
+                             f"Adam, AdamW): {base_optimizer.__name__}'s step runs outside flatmin and reads "
+                             f"found_inf on the host")
+        self._step_state.host = HostPath(self, self._build_plan)
+        self.init_step_state(self._step_state)
+        self._watch_backward()
 
     # ------------------------------------------------------------------ torch.optim plumbing
 
@@ -82,6 +115,8 @@ class WrapperOptimizer(torch.optim.Optimizer):
             param_group.setdefault(key, value)
         self.check_group(param_group)
         self.base_optimizer.add_param_group(param_group)
+        self.host_path.invalidate()
+        self._watch_backward()
 
     def extra_state(self) -> dict:
         """Wrapper state that is not per parameter (NSO's generator); saved under 'flatmin'."""
@@ -102,13 +137,84 @@ class WrapperOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.load_extra_state(extra)
+        self.host_path.invalidate()
+
+    def __getstate__(self):
+        # Everything that makes the wrapper (the base optimizer, hyperparameters, the model for
+        # the BatchNorm rule); not the step state (plans, buffers and the autograd hook are made
+        # again) nor torch's optimizer hooks. What must survive goes through kept_state().
+        state = {k: v for k, v in self.__dict__.items() if k != "_step_state" and not k.startswith("_optimizer_")}
+        state["_kept"] = self.kept_state()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        kept = state.pop("_kept", {})
+        super().__setstate__(state)
+        self._step_state = StepState()
+        self._step_state.host = HostPath(self, self._build_plan)
+        self.init_step_state(self._step_state)
+        self.restore_kept_state(kept)
+        self._watch_backward()
+
+    def init_step_state(self, state: StepState) -> None:
+        """Add a subclass's own step fields to a new step state (at construction and after a copy)."""
+
+    def kept_state(self) -> dict:
+        """What a copy must carry of the step state (subclasses extend: NSO's noise step)."""
+        return {"grad_scaler": self._step_state.grad_scaler}
+
+    def restore_kept_state(self, kept: dict) -> None:
+        self._step_state.grad_scaler = kept.get("grad_scaler")
+
+    # ------------------------------------------------------------------ what counts as the first pass
+
+    def _watch_backward(self) -> None:
+        """One autograd hook over every trainable parameter: it notes each backward pass that
+        reaches them (one Python call per backward, not per tensor)."""
+        state = self._step_state
+        if state.hook is not None:
+            state.hook.remove()
+            state.hook = None
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if params:
+            state.hook = torch.autograd.graph.register_multi_grad_hook(params, self._note_backward, mode="any")
+
+    def _note_backward(self, grad) -> None:
+        self._step_state.backward_seen = True
+
+    def first_pass_done(self) -> bool:
+        """Whether the gradients present are a first pass: a backward reached the parameters since
+        this optimizer last zeroed or cleared them (a step ends by clearing them), or gradients
+        appeared where it had left None (FSDP2 sets the sharded gradients itself, unseen by autograd
+        hooks). Zero-filled gradients are not a pass; micro-batches accumulated since are one."""
+        state = self._step_state
+        return ((state.backward_seen or state.grads_cleared)
+                and any(p.grad is not None for g in self.param_groups for p in g["params"]))
+
+    def forget_passes(self) -> None:
+        """The gradients present have been taken as this step's first pass."""
+        self._step_state.backward_seen = self._step_state.grads_cleared = False
+
+    def zero_grad(self, set_to_none: bool = True):
+        super().zero_grad(set_to_none=set_to_none)
+        self._step_state.backward_seen = False
+        self._step_state.grads_cleared = set_to_none
+
+    def clear_grads(self) -> None:
+        """Gradients to None: the next backward writes a fresh gradient, whatever the closure does."""
+        torch.optim.Optimizer.zero_grad(self, set_to_none=True)
+        self._step_state.backward_seen = False
+        self._step_state.grads_cleared = True
 
     def require_closure(self, closure):
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__} requires a closure: step(closure) runs the forward and "
                 f"backward passes at perturbed weights itself (the closure zeroes the gradients, "
-                f"computes the loss, calls backward() and returns the loss)"
+                f"computes the loss, calls backward() and returns the loss). Trainers that call "
+                f"step() without one: use flatmin_kernels.integrations.hf.FlatminTrainer (Hugging "
+                f"Face) or flatmin_kernels.integrations.lightning.FlatminPrecision (Lightning 16-mixed)"
             )
         return torch.enable_grad()(closure)
 
@@ -122,148 +228,144 @@ class WrapperOptimizer(torch.optim.Optimizer):
         if self.model is not None:
             enable_running_stats(self.model)
 
-    # ------------------------------------------------------------------ selections and buffers
+    # ------------------------------------------------------------------ the plan
 
-    def with_grads(self) -> Selection:
-        """Every parameter that has a gradient, with it (params without one take no part)."""
-        base_update.check_gradients(self.param_groups, who=type(self).__name__)
-        groups = []
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            groups.append((group, ps, [p.grad for p in ps]))
-        return Selection(groups)
+    def plan_joins(self, p) -> bool:
+        """Whether parameter p takes part in this step's plan (subclasses: NSO perturbs every
+        trainable parameter, gradient or not)."""
+        return p.grad is not None
 
-    def grads_of(self, selection: Selection) -> Selection:
-        """The same parameters with their current gradients (after another pass)."""
-        groups = []
-        for group, ps, _ in selection.groups:
-            missing = [p for p in ps if p.grad is None]
-            if missing:
-                raise RuntimeError(
-                    f"{type(self).__name__}: a parameter that had a gradient in the first pass has "
-                    f"none in a later one (shape {tuple(missing[0].shape)}); every pass must "
-                    f"backpropagate through the same parameters"
-                )
-            groups.append((group, ps, [p.grad for p in ps]))
-        return Selection(groups)
+    def gc_mode(self, group):
+        """The GC mode that decides a group's GC rows (SAM's use_gc overrides the group's)."""
+        return group.get("centralize")
+
+    def noise_offsets(self):
+        """{param: global element offset} for the noise (NSO), else None."""
+        return None
+
+    @property
+    def host_path(self) -> HostPath:
+        return self._step_state.host
+
+    def _build_plan(self, joins=None, fused=None):
+        plan, without = base_update.build_plan(self.base_optimizer, self.backend, who=type(self).__name__,
+                                               joins=joins or self.plan_joins, offsets=self.noise_offsets(),
+                                               fused=self.fused if fused is None else fused, gc_mode=self.gc_mode)
+        for name in self.buffer_names:
+            plan.bind(name, self.buffers(name, plan.params))
+        return plan, without
+
+    def plan(self, grads: bool = True):
+        """This pass's plan: reused, or rebuilt after a real change; refreshed."""
+        return self.host_path.get(grads=grads)
 
     def buffers(self, name: str, params) -> list:
         """One persistent parameter-sized buffer per param, kept across steps (allocated once)."""
-        store = self.__dict__.setdefault("_buffers_" + name, {})
+        store = self._step_state.buffers.setdefault(name, {})
         out = []
         for p in params:
             buf = store.get(p)
             if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                # zeros, not empty: a skipped op may leave a buffer unwritten, and a restore
-                # that multiplies it by 0 must not meet NaN bits (see restore_unless).
+                # zeros, not empty: a skipped op may leave a buffer unwritten, and an update that
+                # reads it must not meet NaN bits.
                 buf = store[p] = torch.zeros_like(p, memory_format=torch.preserve_format)
             out.append(buf)
         return out
 
-    def clear_grads(self) -> None:
-        """Gradients to None: the next backward writes a fresh gradient, whatever the closure does."""
-        torch.optim.Optimizer.zero_grad(self, set_to_none=True)
+    # ------------------------------------------------------------------ fp16 with GradScaler
 
-    # ------------------------------------------------------------------ bucketed ops
+    @property
+    def grad_scaler(self):
+        return self._step_state.grad_scaler
 
-    def buckets(self, *lists):
-        """(backend module, device, positions) for each (device, dtypes) bucket of parallel lists."""
-        for key, idx in bucket_indices(list(lists)).items():
-            device = key[0]
-            yield backends.resolve(self.backend, device), device, idx
+    @grad_scaler.setter
+    def grad_scaler(self, scaler) -> None:
+        if scaler is not None:
+            # GradScaler makes its scale at the first scaler.scale(...); in the closure recipe that call
+            # comes inside the step, after GradScaler.step has already asked for the scale.
+            device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+            scaler.scale(torch.zeros((), device=device))
+        self._step_state.grad_scaler = scaler
 
-    def copy_(self, dst, src) -> None:
-        for ops, _, idx in self.buckets(dst, src):
-            ops.axpby_(take(dst, idx), take(src, idx), 0, 1)
+    def amp_begin(self) -> None:
+        """At the start of a step, before anything changes: refuse GradScaler's protocol without the
+        scaler in hand, and a step whose gradients the scaler was told to unscale too early."""
+        if amp.under_scaler(self) and self.grad_scaler is None:
+            raise RuntimeError(f"{type(self).__name__} was stepped by a GradScaler it does not know: "
+                               f"{amp.RECIPE}. Nothing was changed.")
+        if amp.under_scaler(self):
+            amp.check_not_unscaled(self.grad_scaler, self)
 
-    def axpby_(self, ys, xs, a, b) -> None:
-        for ops, device, idx in self.buckets(ys, xs):
-            ops.axpby_(take(ys, idx), take(xs, idx), on(a, device), on(b, device))
+    def amp_check(self, plan, index: int) -> None:
+        """Under the scaler: flag the current gradients if non-finite (into found_inf, accumulated)."""
+        if amp.under_scaler(self):
+            plan.reduce("sumsq", "grad", index=index, epilogue=InvNorm(1.0, inv=index, inf=FOUND_INF,
+                                                                        inf_accumulate=True))
 
-    def restore_unless(self, params, backups, found_inf) -> None:
-        """p <- backup, unless found_inf > 0 (then p keeps its bits), without a host sync.
+    def amp_update(self, plan):
+        """(grad_scale, found_inf) for the update: the scale handed over by GradScaler, and our
+        per-step flag raised where GradScaler's own check found an overflow."""
+        grad_scale, scaler_found_inf = amp.handed_over(self)
+        if scaler_found_inf is not None:
+            for device in plan.devices:
+                amp.combined_found_inf(plan.scalar(FOUND_INF, device), scaler_found_inf)
+        return grad_scale, found_inf_of(plan)
 
-        p <- f * p + (1 - f) * backup with f in {0, 1}: exact, because when f = 0 the weights
-        are finite (nothing non-finite was ever written into them) and when f = 1 the backup is
-        finite (buffers start at zero and only ever hold weights).
-        """
-        self.axpby_(params, backups, found_inf, 1 - found_inf)
-
-    def sumsq(self, tensors, *, weights=None, centralize=None, device=None):
-        """Global fp32 sum of squares of a list, as a 0-d tensor on the first tensor's device."""
-        parts = []
-        for ops, _, idx in self.buckets(tensors, weights):
-            parts.append(ops.sumsq(take(tensors, idx), weights=take(weights, idx),
-                                   centralize=take(centralize, idx)).sum())
-        return total(parts, device or first_device(tensors))
-
-    def dot(self, xs, ys, device=None):
-        parts = [ops.dot(take(xs, idx), take(ys, idx)).sum() for ops, _, idx in self.buckets(xs, ys)]
-        return total(parts, device or first_device(xs))
+    def amp_end(self, plan) -> None:
+        """Let ``scaler.update()`` see an overflow in any pass of this step."""
+        if self.grad_scaler is not None and amp.under_scaler(self) and plan.devices:
+            amp.merge_found_inf(self.grad_scaler, self, plan.scalar(FOUND_INF, plan.devices[0]))
 
     # ------------------------------------------------------------------ the base update
 
-    def base_step(self, *, backups=None, grads=None, grad_scale=None, found_inf=None,
-                  centralize_grads=False) -> None:
-        """The base optimizer's update of every parameter with a gradient.
+    def base_step(self, plan, *, grad="grad", g2=None, g_coef=1.0, g2_coef=1.0, backup=None, grad_scale=None,
+                  found_inf=None, centralize_grads=False) -> None:
+        """The base optimizer's update of every parameter of ``plan``.
 
-        backups: {param: unperturbed weights} -- the restore, folded into the fused update.
-        grads: {param: direction} instead of ``p.grad``; grad_scale divides the gradients.
-        found_inf: 0-d device tensor; > 0 means write nothing (the weights stay as they are).
+        grad/g2/g_coef/g2_coef: the direction (slot names and scalars); backup: the slot of the
+        unperturbed weights -- the restore, folded into the fused update (and done on a skipped
+        step too). grad_scale divides the gradients; found_inf > 0 skips the update.
         centralize_grads: on the generic path, apply each group's GC to the gradient first (the
-        fused path reads ``group["centralize"]`` itself).
+        fused path applies it itself).
         """
         if self.fused:
-            base_update.update(self.base_optimizer, backend=self.backend, backups=backups,
-                               grads=grads, grad_scale=grad_scale, found_inf=found_inf,
-                               who=type(self).__name__)
+            base_update.update(self.base_optimizer, plan, grad=grad, g2=g2, g_coef=g_coef, g2_coef=g2_coef,
+                               backup=backup, grad_scale=grad_scale, found_inf=found_inf)
         else:
-            self._generic_step(backups, grads, grad_scale, found_inf, centralize_grads)
+            self._generic_step(plan, grad, g2, g_coef, g2_coef, backup, grad_scale, found_inf, centralize_grads)
         # torch's LR schedulers warn unless they saw a step of the optimizer they wrap; the fused
         # path never calls base_optimizer.step(), and the two-call API bypasses step().
         self._opt_called = self.base_optimizer._opt_called = True
 
-    def _generic_step(self, backups, grads, grad_scale, found_inf, centralize_grads):
-        from . import gc
-
+    def _generic_step(self, plan, grad, g2, g_coef, g2_coef, backup, grad_scale, found_inf, centralize_grads):
+        if backup is not None:
+            plan.each("axpby_", "param", backup, 0, 1)  # back to w, whatever happens next
         # An arbitrary optimizer's step cannot be skipped on the device, so this path (only)
-        # reads found_inf on the host, once per step; the fused bases never do. A skipped step
-        # also skips the restore: the wrappers never move the weights once found_inf is set.
-        if found_inf is not None and bool(found_inf > 0):
-            return
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if backups is not None:
-            restore = [p for p in params if backups.get(p, p) is not p]
-            self.copy_(restore, [backups[p] for p in restore])
-        if grads is not None:
-            params = [p for p in params if p in grads]
-            self.copy_([p.grad for p in params], [grads[p] for p in params])
-        if grad_scale is not None:
-            gs = [p.grad for p in params]
-            self.axpby_(gs, gs, 0, 1 / grad_scale)
+        # reads found_inf on the host, once per step; the fused bases never do.
+        if found_inf is not None:
+            flags = [found_inf(b) if callable(found_inf) else found_inf for b in plan.buckets]
+            if any(bool(f.reshape(()) > 0) for f in flags if f is not None):
+                return
+        plain = grad == "grad" and g2 is None and isinstance(g_coef, (int, float)) and g_coef == 1.0
+        if not plain or grad_scale is not None:
+            # The direction into p.grad: g_coef * grad (+ g2_coef * g2), divided by grad_scale.
+            plan.each("axpby_", "grad", grad, 0, g_coef)
+            if g2 is not None:
+                plan.each("axpby_", "grad", g2, 1, g2_coef)
+            if grad_scale is not None:
+                inv = (1.0, 1.0 / grad_scale) if torch.is_tensor(grad_scale) else 1.0 / grad_scale
+                plan.each("axpby_", "grad", "grad", 0, lambda b: _on_device(inv, b.device))
         if centralize_grads:
-            for group in self.param_groups:
-                ps = [p for p in group["params"] if p.grad is not None]
-                flags = gc.flags(group.get("centralize"), ps)
-                if flags is not None:
-                    for ops, _, idx in self.buckets(ps):
-                        ops.centralize_(take([p.grad for p in ps], idx), take(flags, idx))
+            plan.each("centralize_", "grad")
         self.base_optimizer.step()
 
 
-def on(value, device):
-    """A python number as is; a tensor moved to ``device`` (device to device, no host sync)."""
-    return value.to(device) if torch.is_tensor(value) else value
+def found_inf_of(plan):
+    """Each bucket's found_inf: the plan's device-local slot (a per-bucket keyword for Plan calls)."""
+    return lambda b: plan.scalar(FOUND_INF, b.device)
 
 
-def first_device(tensors):
-    return tensors[0].device if tensors else torch.device("cpu")
-
-
-def total(parts, device):
-    if not parts:
-        return torch.zeros((), dtype=torch.float32, device=device)
-    out = parts[0].to(device)
-    for part in parts[1:]:
-        out = out + part.to(device)
-    return out
+def _on_device(value, device):
+    if isinstance(value, tuple):
+        return value[0], value[1].to(device)
+    return value

@@ -120,6 +120,16 @@ def closure_for(model, batch, zero_grad, counter=None):
     return closure
 
 
+def train_step(model, opt, batch):
+    """One step of any flatmin optimizer: backward then ``step()`` for SGD/Adam/AdamW, the
+    closure protocol for the wrappers (SAM, GAM, NSO)."""
+    closure = closure_for(model, batch, opt.zero_grad)
+    if hasattr(opt, "base_optimizer"):
+        return opt.step(closure)
+    closure()
+    return opt.step()
+
+
 def oracle_closure(model, batch):
     return closure_for(model, batch, lambda: model.zero_grad(set_to_none=True))
 
@@ -145,6 +155,8 @@ def extra_buffer_numel(optimizer, model) -> int:
     """Elements of every tensor the optimizer holds that is neither a parameter, nor the base
     optimizer's state, nor the model's: the wrapper's own buffers."""
     skip = {id(p) for p in model.parameters()}
+    state = getattr(optimizer, "_step_state", None)
+    skip |= {id(c) for c in getattr(state, "counters", {}).values()}  # NSO's one-element step counters
     for st in optimizer.base_optimizer.state.values():
         skip |= {id(t) for t in st.values() if torch.is_tensor(t)}
     seen, total = set(), 0
@@ -166,7 +178,7 @@ def extra_buffer_numel(optimizer, model) -> int:
         elif isinstance(obj, (list, tuple, set)):
             for v in obj:
                 walk(v)
-        elif obj is optimizer:
+        elif obj is optimizer or obj is state:  # the optimizer and its step state (buffers live there)
             walk(vars(obj))
 
     walk(optimizer)

@@ -265,32 +265,6 @@ def test_environment_variable_overrides_auto(monkeypatch):
         backends.resolve("auto", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("cls", [fk.SGD, fk.Adam, fk.AdamW])
-def test_sparse_gradient_is_refused_naming_the_parameter_and_nothing_changes(cls):
-    params = gc_params()
-    opt = cls(params, lr=0.1)
-    before = [p.detach().clone() for p in params]
-    for p in params:
-        p.grad = torch.ones_like(p)
-    params[1].grad = torch.ones(5, 7).to_sparse()
-    with pytest.raises(RuntimeError, match=r"does not support sparse gradients: parameter 1 of param group 0 \(shape \(5, 7\)\)"):
-        opt.step()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))
-    assert len(opt.state) == 0
-
-
-def test_complex_parameter_is_refused_with_its_name():
-    model = torch.nn.Linear(2, 2)
-    z = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
-    opt = fk.Adam([dict(params=[model.weight, z], param_names=["fc.weight", "z"])])
-    model.weight.grad = torch.ones(2, 2)
-    z.grad = torch.ones(3, dtype=torch.complex64)
-    w = model.weight.detach().clone()
-    with pytest.raises(RuntimeError, match="does not support complex tensors: parameter 'z'"):
-        opt.step()
-    assert torch.equal(model.weight, w)
-
-
 # ----------------------------------------------------------------------------- resume and AMP
 
 

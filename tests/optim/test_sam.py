@@ -9,7 +9,7 @@ from tests import oracles
 
 from . import models as M
 
-from ..backends_under_test import CPU_BACKENDS as BACKENDS  # noqa: E402
+from ..backends_under_test import CPU_BACKENDS as BACKENDS, INTERPRETED  # noqa: E402
 
 
 def make(model, base, backend, **kw):
@@ -66,10 +66,28 @@ def test_gc_on_ascent_and_update_matches_oracle(base):
 def test_pytorch_optimizer_spellings():
     net = M.make_net()
     opt = fk.SAM(net.parameters(), torch.optim.SGD, lr=0.1, use_gc=True, perturb_eps=1e-8)
-    assert opt.param_groups[0]["centralize"] == "gc" and opt.eps == 1e-8
+    # use_gc is pytorch_optimizer's GCSAM, not flatmin's centralize: the groups keep centralize=None
+    assert opt.param_groups[0]["centralize"] is None and opt.use_gc and opt.eps == 1e-8
     assert "use_gc" not in opt.base_optimizer.defaults
-    with pytest.raises(ValueError, match="use_gc=True conflicts"):
+    with pytest.raises(ValueError, match="two placements of GC; choose one"):
         fk.SAM(net.parameters(), torch.optim.SGD, lr=0.1, use_gc=True, centralize="gcc")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_use_gc_reproduces_pytorch_optimizers_gcsam(backend, adaptive):
+    """Norm of the raw gradient, ascent along the centralized gradient, no GC in the update."""
+    net, ref = M.make_net(), M.make_net()
+    rho = 0.5 if adaptive else 0.05
+    opt = fk.SAM(net.parameters(), torch.optim.SGD, rho=rho, adaptive=adaptive, use_gc=True, lr=0.1,
+                 momentum=0.9, backend=backend)
+    base = oracles.OracleSGD([dict(params=list(ref.parameters()), lr=0.1, momentum=0.9, dampening=0.0,
+                                   weight_decay=0.0, nesterov=False, maximize=False, centralize=None)])
+    oracle = oracles.OracleSAM(base.groups, base, rho=rho, adaptive=adaptive, use_gc=True)
+    for batch in M.batches(4 if backend in INTERPRETED else 8):
+        opt.step(M.closure_for(net, batch, opt.zero_grad))
+        oracle.step(M.oracle_closure(ref, batch))
+    M.assert_same_model(net, ref)
 
 
 class PlainSGD(torch.optim.Optimizer):
@@ -286,3 +304,24 @@ def test_parameter_without_second_gradient_is_restored(base_cls):
     torch.testing.assert_close(a, torch.full((3,), 0.9))
     assert torch.equal(b, torch.full((3,), 2.0))
     torch.testing.assert_close(c, torch.full((3,), 2.9))
+
+
+def test_a_shallow_copy_of_the_optimizer_shares_its_step_state():
+    """What Lightning's LightningOptimizer is: a subclass instance with a copy of the __dict__.
+    A first step through it must be the optimizer's first step (not a split state)."""
+    net, ref = M.make_net(), M.make_net()
+    opt = fk.SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, backend="torch")
+    ref_opt = fk.SAM(ref.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, backend="torch")
+    lightning_like = type("LightningSAM", (type(opt),), {}).__new__(type("LightningSAM", (type(opt),), {}))
+    lightning_like.__dict__ = dict(opt.__dict__)
+    for batch in M.batches(3):
+        M.loss_of(net, batch).backward()
+        lightning_like.first_step(zero_grad=True)
+        M.loss_of(net, batch).backward()
+        opt.step(lambda: None)  # Lightning's opt.step(): the real optimizer, already perturbed: second step
+        opt.zero_grad()
+        M.loss_of(ref, batch).backward()
+        ref_opt.first_step(zero_grad=True)
+        M.loss_of(ref, batch).backward()
+        ref_opt.second_step(zero_grad=True)
+    M.assert_same_model(net, ref)

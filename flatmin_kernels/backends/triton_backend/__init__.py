@@ -1,13 +1,16 @@
-"""The Triton backend: every op of the contract as fused multi-tensor kernels.
+"""The Triton backend: every op of the op contract (v2) as fused multi-tensor kernels.
 
-Each op covers a whole bucket of tensors in a fixed number of launches (one for the
-element-wise ops, two for the two-stage reductions and for Adam, whose second launch advances
-the step counters), whatever the number of tensors: the work is a device-resident, cached
-table of (tensor, chunk) items (``tables.py``). Math is fp32 for fp32/bf16/fp16 storage,
-offsets are 64-bit, reductions are deterministic, nothing synchronises with the host, and no
-kernel is autotuned (they update in place). On CUDA the kernels are compiled; on CPU tensors
-they run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how they are
-tested without a GPU. See :mod:`flatmin_kernels.backends.contract` for every op's meaning.
+A :class:`Table` (``tables.py``) is one bucket prepared once: its work items, tile size and
+per-slot element offsets live on the device, and ``refresh`` re-reads only data pointers.
+Each op covers the whole bucket in a fixed number of launches (one for the element-wise ops,
+two for the two-stage reductions, axpby_ with its norms, and Adam, whose second launch
+advances the step counters), whatever the number of tensors or of their GC row lengths:
+every row-length class of GC work is compiled into the same kernel (``common.walk``). Math is fp32 for
+fp32/bf16/fp16 storage, offsets are 64-bit, reductions are deterministic, nothing
+synchronises with the host, and no kernel is autotuned (they update in place). On CUDA the
+kernels are compiled; on CPU tensors they run only under Triton's interpreter
+(``TRITON_INTERPRET=1``), which is how they are tested without a GPU. See
+:mod:`flatmin_kernels.backends.contract` for every op's meaning.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ if _IMPORT_ERROR is None:
     from .perturb import perturb_
     from .reduce import dot, sumsq
     from .sgd import step_sgd_
+    from .tables import Table, serves, supports
 else:  # pragma: no cover
     INTERPRET = False
 
@@ -48,12 +52,3 @@ def available() -> tuple[bool, str]:
     if torch.cuda.is_available():
         return True, f"triton {triton.__version__} on CUDA"
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
-
-
-def supports(device) -> bool:
-    """CUDA tensors when compiling; CPU tensors only under the interpreter (which cannot
-    follow the kernels' offset tables into CUDA memory)."""
-    device = torch.device(device)
-    if INTERPRET:
-        return device.type == "cpu"
-    return device.type == "cuda" and torch.cuda.is_available()

@@ -1,31 +1,23 @@
-"""step_adam_: torch.optim.Adam / AdamW with GC (after L2 decay, before the moments), AMP
-unscale, found_inf skip and the SAM restore folded in, in one pass; then one tiny launch that
-advances every tensor's step counter (a separate launch because the items of one tensor must
-all read the step before any of them advances it)."""
+"""step_adam_: torch.optim.Adam / AdamW with GC (after L2 decay, before the moments), GAM's
+combined direction, AMP unscale, found_inf skip and the SAM restore folded in, in one pass;
+then one tiny launch that advances every tensor's step counter (a separate launch because the
+items of one tensor must all read the step before any of them advances it)."""
 from __future__ import annotations
 
+import numpy as np
 import triton
 import triton.language as tl
 
-from .common import (
-    BLOCK,
-    NUM_WARPS,
-    item_header,
-    load_direction,
-    load_scalar,
-    row_means,
-    scalar_arg,
-    store_end,
-    tile,
-)
-from .tables import layout
+from .common import (G2, GRAD_SCALE, L2, MAXIMIZE, flags, item_header, load, scalar, scalar_args, skipped, slot_ptr,
+                     store, update_direction, walk)
+
+DECOUPLED, AMSGRAD, BACKUP = (tl.constexpr(1 << i) for i in range(4, 7))
+STEPS_BLOCK = 1024
 
 
 def _f64_parts(x: float):
     """(hi, lo) fp32 numbers whose fp64 sum is x to ~48 bits: how an exact beta reaches the
     kernel, whose float arguments are fp32."""
-    import numpy as np
-
     hi = float(np.float32(x))
     return hi, float(np.float32(x - hi))
 
@@ -42,105 +34,97 @@ def _pow_f64(base, n):
 
 
 @triton.jit
-def _adam_kernel(items, n_items, p0, p_off, g0, g_off, m0, m_off, v0, v_off, vmax0, vmax_off,
-                 b0, b_off, steps0, steps_off,
-                 lr, beta1_hi, beta1_lo, beta2_hi, beta2_lo, one_minus_beta1, beta2,
-                 one_minus_beta2, eps, weight_decay, decay, grad_scale, found_inf,
-                 LR_PTR: tl.constexpr, L2: tl.constexpr, DECOUPLED: tl.constexpr,
-                 AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-                 HAS_FOUND_INF: tl.constexpr, HAS_GC: tl.constexpr,
-                 RB: tl.constexpr, CB: tl.constexpr):
-    pid = tl.program_id(0)
-    t, start, end, row, gc = item_header(items, n_items, pid)
-    p_ptr = p0 + tl.load(p_off + t)
-    g_ptr = g0 + tl.load(g_off + t)
-    m_ptr = m0 + tl.load(m_off + t)
-    v_ptr = v0 + tl.load(v_off + t)
-    vmax_ptr = vmax0 + tl.load(vmax_off + t)
-    b_ptr = b0 + tl.load(b_off + t)  # the backup, or p itself
-    write_end = store_end(end, found_inf, HAS_FOUND_INF)
-    lr_value = load_scalar(lr, LR_PTR)
-    if DECOUPLED:
-        if LR_PTR:
-            decay = 1.0 - lr_value * weight_decay
-    # Bias corrections in fp64, rounded to fp32 (as torch.optim computes them on the host).
-    n = tl.load(steps0 + tl.load(steps_off + t)).to(tl.int32) + 1
-    b1 = tl.cast(beta1_hi, tl.float64) + tl.cast(beta1_lo, tl.float64)
-    b2 = tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)
-    bias1 = (1.0 - _pow_f64(b1, n)).to(tl.float32)
-    bias2_sqrt = tl.sqrt(1.0 - _pow_f64(b2, n)).to(tl.float32)
-    step_size = tl.div_rn(lr_value, bias1)
-    for r0 in range(start, end, row * RB):
-        mean = tl.zeros([RB], tl.float32)
-        if HAS_GC:
-            if gc != 0:
-                mean = row_means(g_ptr, b_ptr, r0, row, end, grad_scale, weight_decay,
-                                 HAS_GRAD_SCALE, MAXIMIZE, L2, RB, CB)
-        for c in range(0, row, CB):
-            idx, mask = tile(r0, row, end, c, RB, CB)
-            smask = mask & (idx < write_end)
-            g = load_direction(g_ptr, b_ptr, idx, mask, grad_scale, weight_decay,
-                                HAS_GRAD_SCALE, MAXIMIZE, L2) - mean[:, None]
-            m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            m = m + (g - m) * one_minus_beta1
-            v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            v = v * beta2 + (g * g) * one_minus_beta2
-            tl.store(m_ptr + idx, m, mask=smask)
-            tl.store(v_ptr + idx, v, mask=smask)
-            second = v
-            if AMSGRAD:
-                second = tl.maximum(tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32), v)
-                tl.store(vmax_ptr + idx, second, mask=smask)
-            denom = tl.div_rn(tl.sqrt_rn(second), bias2_sqrt) + eps
-            b = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            if DECOUPLED:
-                b = b * decay
-            tl.store(p_ptr + idx, b - tl.div_rn(m, denom) * step_size, mask=smask)
+def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
+    (p_ptr, g_ptr, g2_ptr, m_ptr, v_ptr, vmax_ptr, b_ptr, g_coef, g2_coef, grad_scale, weight_decay,
+     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip) = args
+    return update_direction(g_ptr, g2_ptr, b_ptr, idx, mask, g_coef, g2_coef, grad_scale, weight_decay, FLAGS)
 
 
 @triton.jit
-def _advance_steps_kernel(steps0, steps_off, n, found_inf, HAS_FOUND_INF: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < n
-    at = steps0 + tl.load(steps_off + i, mask=mask, other=0)
-    step = tl.load(at, mask=mask, other=0.0)
-    tl.store(at, step + 1.0, mask=mask & (i < store_end(n, found_inf, HAS_FOUND_INF)))
+def _update(g, k, idx, mask, args, FLAGS: tl.constexpr):
+    (p_ptr, g_ptr, g2_ptr, m_ptr, v_ptr, vmax_ptr, b_ptr, g_coef, g2_coef, grad_scale, weight_decay,
+     step_size, bias2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps, skip) = args
+    b = load(b_ptr + idx, mask)  # before any store, so the compiler reuses the direction's load
+    m = load(m_ptr + idx, mask)
+    m = m + (g - m) * one_minus_beta1
+    v = load(v_ptr + idx, mask) * beta2 + (g * g) * one_minus_beta2
+    second = v
+    if AMSGRAD & FLAGS:
+        second = tl.maximum(load(vmax_ptr + idx, mask), v, propagate_nan=tl.PropagateNan.ALL)
+    decayed = b
+    if DECOUPLED & FLAGS:
+        decayed = b * decay
+    new = decayed - tl.div_rn(m, tl.div_rn(tl.sqrt_rn(second), bias2_sqrt) + eps) * step_size
+    if not skip:
+        store(m_ptr + idx, m, mask)
+        store(v_ptr + idx, v, mask)
+        if AMSGRAD & FLAGS:
+            store(vmax_ptr + idx, second, mask)
+        store(p_ptr + idx, new, mask)
+    elif BACKUP & FLAGS:  # a skipped step still restores
+        store(p_ptr + idx, b, mask)
+    return 0.0, 0.0
 
 
-def step_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1,
-               beta2, eps, weight_decay, decoupled, amsgrad, maximize, centralize=None,
-               backups=None, grad_scale=None, found_inf=None):
-    if not params:
+@triton.jit
+def _adam_kernel(items, stride, p0, p_off, g0, g_off, g2_0, g2_off, m0, m_off, v0, v_off, vmax0, vmax_off,
+                 b0, b_off, steps0, steps_off, g_coef, g_coef_ptr, g2_coef, g2_coef_ptr, lr, lr_ptr,
+                 grad_scale, found_inf, beta1_hi, beta1_lo, beta2_hi, beta2_lo, one_minus_beta1, beta2,
+                 one_minus_beta2, eps, weight_decay, decay,
+                 FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t, start, end, row, cls = item_header(items, stride, pid)
+    lr_value = scalar(lr, lr_ptr)
+    if lr_ptr is not None:  # else the host computed it in fp64, as the reference does
+        decay = 1.0 - lr_value * weight_decay
+    # Bias corrections in fp64, rounded to fp32 (as torch.optim computes them on the host).
+    n = tl.load(steps0 + tl.load(steps_off + t)).to(tl.int32) + 1
+    beta1_f64 = tl.cast(beta1_hi, tl.float64) + tl.cast(beta1_lo, tl.float64)
+    beta2_f64 = tl.cast(beta2_hi, tl.float64) + tl.cast(beta2_lo, tl.float64)
+    bias1 = (1.0 - _pow_f64(beta1_f64, n)).to(tl.float32)
+    bias2_sqrt = tl.sqrt(1.0 - _pow_f64(beta2_f64, n)).to(tl.float32)
+    args = (slot_ptr(p0, p_off, t, ALIGNED), slot_ptr(g0, g_off, t, ALIGNED), slot_ptr(g2_0, g2_off, t, ALIGNED),
+            slot_ptr(m0, m_off, t, ALIGNED), slot_ptr(v0, v_off, t, ALIGNED), slot_ptr(vmax0, vmax_off, t, ALIGNED),
+            slot_ptr(b0, b_off, t, ALIGNED), scalar(g_coef, g_coef_ptr), scalar(g2_coef, g2_coef_ptr),
+            scalar(1.0, grad_scale), weight_decay, tl.div_rn(lr_value, bias1), bias2_sqrt, decay,
+            one_minus_beta1, beta2, one_minus_beta2, eps, skipped(found_inf))
+    walk(start, start, end, row, cls, _direction, _update, args, FLAGS, ALIGNED, CLASSES, BLOCK)
+
+
+@triton.jit
+def _advance_steps_kernel(steps0, steps_off, n, found_inf, BLOCK: tl.constexpr):
+    if not skipped(found_inf):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = i < n
+        at = steps0 + tl.load(steps_off + i, mask=mask, other=0)
+        tl.store(at, tl.load(at, mask=mask, other=0.0) + 1.0, mask=mask)
+
+
+def step_adam_(t, p, g, m, v, vmax, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+               maximize, centralize=False, backup=None, g2=None, g_coef=1.0, g2_coef=1.0, grad_scale=None,
+               found_inf=None):
+    if not t.n:
         return
-    lists = [params, grads, exp_avgs, exp_avg_sqs, steps]
-    names = ["params", "grads", "exp_avgs", "exp_avg_sqs", "steps"]
-    if amsgrad:
-        lists.append(max_exp_avg_sqs)
-        names.append("max_exp_avg_sqs")
-    if backups is not None:
-        lists.append(backups)
-        names.append("backups")
-    lay = layout(lists, names=names, centralize=centralize)
-    vmax_k = 5 if amsgrad else 3
-    b_k = len(lists) - 1 if backups is not None else 0
-    lr_arg, lr_ptr = scalar_arg(lr)
-    if lay.n_items:
-        decoupled_wd = decoupled and weight_decay != 0
-        _adam_kernel[(lay.n_items,)](
-            lay.items, lay.n_items, lay.base(0, params), lay.offsets(0), lay.base(1, grads),
-            lay.offsets(1), lay.base(2, exp_avgs), lay.offsets(2), lay.base(3, exp_avg_sqs),
-            lay.offsets(3), lay.base(vmax_k, lists[vmax_k]), lay.offsets(vmax_k),
-            lay.base(b_k, lists[b_k]), lay.offsets(b_k), lay.base(4, steps), lay.offsets(4),
-            lr_arg, *_f64_parts(beta1), *_f64_parts(beta2), float(1 - beta1), float(beta2),
-            float(1 - beta2), float(eps), float(weight_decay),
-            float(1 - lr * weight_decay) if not lr_ptr else 1.0, grad_scale, found_inf,
-            LR_PTR=lr_ptr, L2=weight_decay != 0 and not decoupled, DECOUPLED=decoupled_wd,
-            AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize), HAS_GRAD_SCALE=grad_scale is not None,
-            HAS_FOUND_INF=found_inf is not None, HAS_GC=lay.has_gc,
-            RB=lay.rb, CB=lay.cb, num_warps=NUM_WARPS,
+    items = t.centralized if centralize else t.plain
+    ps = t.slot(p)
+    slots = [ps, t.slot(g)] + [t.slot(name) if name is not None else ps
+                               for name in (g2, m, v, vmax if amsgrad else None, backup)]
+    step_slot = t.slot(steps)
+    lr_factor, lr_ptr = scalar_args(lr)
+    decay = float(1 - lr_factor * weight_decay) if lr_ptr is None else 1.0  # else made on the device
+    switches = flags((G2, g2 is not None), (GRAD_SCALE, grad_scale is not None), (MAXIMIZE, maximize),
+                     (L2, weight_decay != 0 and not decoupled), (DECOUPLED, decoupled and weight_decay != 0),
+                     (AMSGRAD, amsgrad), (BACKUP, backup is not None))
+    with t.launching():
+        if items.count:
+            _adam_kernel[(items.count,)](
+                items.table, items.stride, *[x for s in slots for x in (s.base, s.offsets)],
+                step_slot.base, step_slot.offsets, *scalar_args(g_coef), *scalar_args(g2_coef), lr_factor, lr_ptr,
+                grad_scale, found_inf, *_f64_parts(beta1), *_f64_parts(beta2), float(1 - beta1), float(beta2),
+                float(1 - beta2), float(eps), float(weight_decay), decay,
+                FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes, BLOCK=t.block,
+                num_warps=t.num_warps,
+            )
+        _advance_steps_kernel[(triton.cdiv(t.n, STEPS_BLOCK),)](
+            step_slot.base, step_slot.offsets, t.n, found_inf, BLOCK=STEPS_BLOCK, num_warps=4,
         )
-    _advance_steps_kernel[(triton.cdiv(len(steps), BLOCK),)](
-        lay.base(4, steps), lay.offsets(4), len(steps), found_inf,
-        HAS_FOUND_INF=found_inf is not None, BLOCK=BLOCK,
-    )

@@ -1,65 +1,69 @@
-"""perturb_: p <- b + scale * C(d) [* b**2 for ASAM], with the optional exact backup of p,
-in one pass (the GC row means of d are taken by the program that owns the rows)."""
+"""perturb_: p <- b + scale * C(d - minus) [* b**2 for ASAM], with the optional exact backup of
+p and copy of d, in one pass (GC's row means of the direction come from the program that owns
+the rows)."""
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, load_scalar, row_means, scalar_arg, store_end, tile
-from .tables import layout
+from .common import flags, item_header, load, load_raw, scalar, scalar_args, skipped, slot_ptr, store, walk
+
+MINUS, BASE, SAVE, COPY, ADAPTIVE = (tl.constexpr(1 << i) for i in range(5))
 
 
 @triton.jit
-def _perturb_kernel(items, n_items, p0, p_off, d0, d_off, b0, b_off, s0, s_off, scale, found_inf,
-                    SCALE_PTR: tl.constexpr, HAS_BASE: tl.constexpr, HAS_SAVE: tl.constexpr,
-                    ADAPTIVE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, HAS_GC: tl.constexpr,
-                    RB: tl.constexpr, CB: tl.constexpr):
+def _direction(k, idx, mask, args, FLAGS: tl.constexpr):
+    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
+    d = load(d_ptr + idx, mask)
+    if MINUS & FLAGS:
+        d = d - load(minus_ptr + idx, mask)
+    return d
+
+
+@triton.jit
+def _perturb(d, k, idx, mask, args, FLAGS: tl.constexpr):
+    p_ptr, d_ptr, minus_ptr, b_ptr, save_ptr, copy_ptr, s, skip = args
+    if BASE & FLAGS:
+        b = load(b_ptr + idx, mask)
+    if (SAVE & FLAGS) or not (BASE & FLAGS):
+        p = load_raw(p_ptr + idx, mask)
+        if SAVE & FLAGS:  # bit-exact backup, written even when the step is skipped (as the reference does)
+            store(save_ptr + idx, p, mask)
+        if not (BASE & FLAGS):
+            b = p.to(tl.float32)
+    if COPY & FLAGS:
+        store(copy_ptr + idx, load_raw(d_ptr + idx, mask), mask)
+    if ADAPTIVE & FLAGS:
+        d = d * (b * b)
+    if not skip:
+        store(p_ptr + idx, b + d * s, mask)
+    return 0.0, 0.0
+
+
+@triton.jit
+def _perturb_kernel(items, stride, p0, p_off, d0, d_off, minus0, minus_off, b0, b_off, save0, save_off,
+                    copy0, copy_off, scale, scale_ptr, found_inf,
+                    FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    t, start, end, row, gc = item_header(items, n_items, pid)
-    p_ptr = p0 + tl.load(p_off + t)
-    d_ptr = d0 + tl.load(d_off + t)
-    b_ptr = b0 + tl.load(b_off + t)
-    s_ptr = s0 + tl.load(s_off + t)
-    s = load_scalar(scale, SCALE_PTR)
-    write_end = store_end(end, found_inf, HAS_FOUND_INF)
-    for r0 in range(start, end, row * RB):
-        mean = tl.zeros([RB], tl.float32)
-        if HAS_GC:
-            if gc != 0:
-                mean = row_means(d_ptr, d_ptr, r0, row, end, 0, 0.0, False, False, False, RB, CB)
-        for c in range(0, row, CB):
-            idx, mask = tile(r0, row, end, c, RB, CB)
-            p = tl.load(p_ptr + idx, mask=mask)
-            if HAS_SAVE:  # bit-exact backup, as the reference does even when found_inf is set
-                tl.store(s_ptr + idx, p, mask=mask)
-            if HAS_BASE:
-                b = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            else:
-                b = p.to(tl.float32)
-            d = tl.load(d_ptr + idx, mask=mask, other=0.0).to(tl.float32) - mean[:, None]
-            if ADAPTIVE:
-                d = d * (b * b)
-            tl.store(p_ptr + idx, b + d * s, mask=mask & (idx < write_end))
+    t, start, end, row, cls = item_header(items, stride, pid)
+    args = (slot_ptr(p0, p_off, t, ALIGNED), slot_ptr(d0, d_off, t, ALIGNED), slot_ptr(minus0, minus_off, t, ALIGNED),
+            slot_ptr(b0, b_off, t, ALIGNED), slot_ptr(save0, save_off, t, ALIGNED),
+            slot_ptr(copy0, copy_off, t, ALIGNED), scalar(scale, scale_ptr), skipped(found_inf))
+    walk(start, start, end, row, cls, _direction, _perturb, args, FLAGS, ALIGNED, CLASSES, BLOCK)
 
 
-def perturb_(params, directions, scale, *, save_to=None, base=None, centralize=None,
+def perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=None, centralize=False,
              adaptive=False, found_inf=None):
-    if not params:
+    items = t.centralized if centralize else t.plain
+    if not items.count:
         return
-    lists = [params, directions] + [ts for ts in (base, save_to) if ts is not None]
-    names = ["params", "directions"] + [n for n, ts in (("base", base), ("save_to", save_to)) if ts is not None]
-    lay = layout(lists, names=names, centralize=centralize)
-    if lay.n_items == 0:
-        return
-    b_k = 2 if base is not None else 0
-    s_k = len(lists) - 1 if save_to is not None else 0
-    scale_arg, scale_ptr = scalar_arg(scale)
-    _perturb_kernel[(lay.n_items,)](
-        lay.items, lay.n_items,
-        lay.base(0, params), lay.offsets(0), lay.base(1, directions), lay.offsets(1),
-        lay.base(b_k, lists[b_k]), lay.offsets(b_k), lay.base(s_k, lists[s_k]), lay.offsets(s_k),
-        scale_arg, found_inf,
-        SCALE_PTR=scale_ptr, HAS_BASE=base is not None, HAS_SAVE=save_to is not None,
-        ADAPTIVE=adaptive, HAS_FOUND_INF=found_inf is not None, HAS_GC=lay.has_gc,
-        RB=lay.rb, CB=lay.cb, num_warps=NUM_WARPS,
-    )
+    ps, ds = t.slot(p), t.slot(d)
+    slots = [ps, ds] + [t.slot(name) if name is not None else ps for name in (minus, base, save_to, copy_d_to)]
+    switches = flags((MINUS, minus is not None), (BASE, base is not None), (SAVE, save_to is not None),
+                     (COPY, copy_d_to is not None), (ADAPTIVE, adaptive))
+    with t.launching():
+        _perturb_kernel[(items.count,)](
+            items.table, items.stride, *[x for s in slots for x in (s.base, s.offsets)], *scalar_args(scale),
+            found_inf, FLAGS=switches, ALIGNED=all(s.aligned for s in slots), CLASSES=items.classes,
+            BLOCK=t.block, num_warps=t.num_warps,
+        )

@@ -1,85 +1,129 @@
-"""sumsq and dot: deterministic two-stage reductions, one value per tensor.
+"""sumsq and dot, and the second stage every reduction shares (``finish``).
 
-Stage 1 writes one fp32 partial per work item (a fixed order inside the program); stage 2
-adds each tensor's partials in item order. No atomics, so the same inputs give the same
-bits on every run, and two launches per bucket whatever the number of tensors.
+Stage 1 writes one fp32 partial per work item (a fixed order inside the program), into the
+table's own partials buffer (no allocation per call, so a step can be captured in a CUDA
+graph); stage 2, one program, adds them in item order into ``out[index]`` and derives the
+epilogue's per-step scalars (``InvNorm``, ``Ratio``) in the same launch. No atomics: the same
+inputs give the same bits on every run, in two launches per bucket whatever its size.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from .common import NUM_WARPS, item_header, row_means, tile
-from .tables import layout
+from ..contract import InvNorm, Ratio
+from .common import finite, flags, item_header, load, slot_ptr, walk
 
-PARTIALS_BLOCK = 128
-
-
-@triton.jit
-def _partials_kernel(items, n_items, x0, x_off, y0, y_off, partials,
-                     HAS_Y: tl.constexpr, DOT: tl.constexpr, HAS_GC: tl.constexpr,
-                     RB: tl.constexpr, CB: tl.constexpr):
-    pid = tl.program_id(0)
-    t, start, end, row, gc = item_header(items, n_items, pid)
-    x_ptr = x0 + tl.load(x_off + t)
-    y_ptr = y0 + tl.load(y_off + t)
-    total = tl.zeros([RB, CB], tl.float32)
-    for r0 in range(start, end, row * RB):
-        mean = tl.zeros([RB], tl.float32)
-        if HAS_GC:
-            if gc != 0:  # sumsq of the centralized tensor: row means first
-                mean = row_means(x_ptr, x_ptr, r0, row, end, 0, 0.0, False, False, False, RB, CB)
-        for c in range(0, row, CB):
-            idx, mask = tile(r0, row, end, c, RB, CB)
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            if DOT:
-                v = x * tl.load(y_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            else:
-                v = tl.where(mask, x - mean[:, None], 0.0)
-                if HAS_Y:  # ASAM: |w| * C(x)
-                    v = v * tl.abs(tl.load(y_ptr + idx, mask=mask, other=0.0).to(tl.float32))
-                v = v * v
-            total += v
-    tl.store(partials + pid, tl.sum(tl.sum(total, axis=1), axis=0))
+FINISH_BLOCK = 1024
+_NO_EPILOGUE, _INV_NORM, _RATIO = 0, 1, 2
 
 
 @triton.jit
-def _sum_partials_kernel(partials, first_item, out, BLOCK: tl.constexpr):
-    t = tl.program_id(0)
-    lo = tl.load(first_item + t)
-    hi = tl.load(first_item + t + 1)
-    acc = tl.zeros([BLOCK], tl.float32)
-    for i in range(lo, hi, BLOCK):
-        j = i + tl.arange(0, BLOCK)
-        acc += tl.load(partials + j, mask=j < hi, other=0.0)
-    tl.store(out + t, tl.sum(acc, axis=0))
+def _finish_kernel(partials, n, capacity, out, index, eps, gamma, target, flag,
+                   ACCUMULATE: tl.constexpr, TWO: tl.constexpr, EPILOGUE: tl.constexpr,
+                   FLAG_ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr):
+    acc1 = tl.zeros([BLOCK], tl.float32)
+    acc2 = tl.zeros([BLOCK], tl.float32)
+    lanes = tl.arange(0, BLOCK)
+    i = 0
+    while i < n:
+        mask = i + lanes < n
+        acc1 += tl.load(partials + i + lanes, mask=mask, other=0.0)
+        if TWO:
+            acc2 += tl.load(partials + capacity + i + lanes, mask=mask, other=0.0)
+        i += BLOCK
+    s = tl.sum(acc1, axis=0)
+    q = tl.sum(acc2, axis=0)
+    if ACCUMULATE:
+        s = tl.load(out + index) + s
+        if TWO:
+            q = tl.load(out + index + 1) + q
+    tl.store(out + index, s)
+    if TWO:
+        tl.store(out + index + 1, q)
+    if EPILOGUE != 0:
+        if EPILOGUE == 1:  # InvNorm: 1 / (sqrt(s) + eps)
+            tl.store(out + target, tl.div_rn(1.0, tl.sqrt_rn(s) + eps))
+            f = tl.where(finite(s), 0.0, 1.0)
+        else:  # Ratio: 1 + gamma * q / (s + eps)
+            tl.store(out + target, 1.0 + tl.div_rn(gamma * q, s + eps))
+            f = tl.where(finite(s) & finite(q), 0.0, 1.0)
+        if FLAG_ACCUMULATE:
+            f = tl.maximum(tl.load(out + flag), f, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(out + flag, f)
 
 
-def _reduce(xs, ys, *, dot, centralize=None):
-    if not xs:
-        return torch.zeros(0, dtype=torch.float32)
-    lists = [xs] if ys is None else [xs, ys]
-    lay = layout(lists, names=["xs", "ys" if dot else "weights"], centralize=centralize)
-    device = xs[0].device
-    if lay.n_items == 0:
-        return torch.zeros(len(xs), dtype=torch.float32, device=device)
-    out = torch.empty(len(xs), dtype=torch.float32, device=device)  # stage 2 writes every entry
-    partials = torch.empty(lay.n_items, dtype=torch.float32, device=device)
-    y_k = 1 if ys is not None else 0
-    _partials_kernel[(lay.n_items,)](
-        lay.items, lay.n_items, lay.base(0, xs), lay.offsets(0),
-        lay.base(y_k, lists[y_k]), lay.offsets(y_k), partials,
-        HAS_Y=ys is not None, DOT=dot, HAS_GC=lay.has_gc, RB=lay.rb, CB=lay.cb,
-        num_warps=NUM_WARPS,
+def finish(t, count, out, index, accumulate, epilogue=None, two=False):
+    """Stage 2 over the first ``count`` partials (and their second row with ``two``)."""
+    if epilogue is None:
+        kind, eps, gamma, target, flag, flag_accumulate = _NO_EPILOGUE, 0.0, 0.0, 0, 0, False
+    elif isinstance(epilogue, InvNorm):
+        kind, eps, gamma = _INV_NORM, epilogue.eps, 0.0
+        target, flag, flag_accumulate = epilogue.inv, epilogue.inf, epilogue.inf_accumulate
+    elif isinstance(epilogue, Ratio):
+        kind, eps, gamma = _RATIO, epilogue.eps, epilogue.gamma
+        target, flag, flag_accumulate = epilogue.coef, epilogue.inf, epilogue.inf_accumulate
+    else:
+        raise TypeError(f"unknown epilogue {epilogue!r}")
+    _finish_kernel[(1,)](
+        t.partials, count, t.partials_capacity, out, int(index), float(eps), float(gamma), int(target),
+        int(flag), ACCUMULATE=bool(accumulate), TWO=two, EPILOGUE=kind, FLAG_ACCUMULATE=bool(flag_accumulate),
+        BLOCK=FINISH_BLOCK, num_warps=4,
     )
-    _sum_partials_kernel[(len(xs),)](partials, lay.first_item, out, BLOCK=PARTIALS_BLOCK)
-    return out
 
 
-def sumsq(tensors, *, weights=None, centralize=None):
-    return _reduce(tensors, weights, dot=False, centralize=centralize)
+# ----------------------------------------------------------------------------- stage 1
+
+WEIGHTS, DOT = tl.constexpr(1), tl.constexpr(2)
 
 
-def dot(xs, ys):
-    return _reduce(xs, ys, dot=True)
+@triton.jit
+def _read_x(k, idx, mask, args, FLAGS: tl.constexpr):
+    x_ptr, y_ptr = args
+    return load(x_ptr + idx, mask)
+
+
+@triton.jit
+def _square_or_product(d, k, idx, mask, args, FLAGS: tl.constexpr):
+    """sumsq: (d * |w|)^2 (|w| with WEIGHTS); dot: d * y."""
+    x_ptr, y_ptr = args
+    if DOT & FLAGS:
+        v = d * load(y_ptr + idx, mask)
+    else:
+        if WEIGHTS & FLAGS:
+            d = d * tl.abs(load(y_ptr + idx, mask))
+        v = d * d
+    return v, 0.0
+
+
+@triton.jit
+def _partials_kernel(items, stride, x0, x_off, y0, y_off, partials,
+                     FLAGS: tl.constexpr, ALIGNED: tl.constexpr, CLASSES: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t, start, end, row, cls = item_header(items, stride, pid)
+    args = (slot_ptr(x0, x_off, t, ALIGNED), slot_ptr(y0, y_off, t, ALIGNED))
+    total, _ = walk(start, start, end, row, cls, _read_x, _square_or_product, args, FLAGS, ALIGNED, CLASSES,
+                    BLOCK)
+    tl.store(partials + pid, total)
+
+
+def _reduce(t, x, y, mode, centralize, out, index, accumulate, epilogue):
+    items = t.centralized if centralize else t.plain
+    xs = t.slot(x)
+    ys = t.slot(y) if y is not None else xs
+    with t.launching():
+        if items.count:
+            _partials_kernel[(items.count,)](
+                items.table, items.stride, xs.base, xs.offsets, ys.base, ys.offsets, t.partials,
+                FLAGS=mode, ALIGNED=xs.aligned and ys.aligned, CLASSES=items.classes, BLOCK=t.block,
+                num_warps=t.num_warps,
+            )
+        finish(t, items.count, out, index, accumulate, epilogue)
+
+
+def sumsq(t, x, *, weights=None, centralize=False, out, index=0, accumulate=False, epilogue=None):
+    _reduce(t, x, weights, flags((WEIGHTS, weights is not None)), centralize, out, index, accumulate, epilogue)
+
+
+def dot(t, x, y, *, out, index=0, accumulate=False):
+    _reduce(t, x, y, flags((DOT, True)), False, out, index, accumulate, None)
