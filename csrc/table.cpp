@@ -105,6 +105,13 @@ Table::Table(const py::sequence& tensors, const py::object& gc_rows, const py::o
     layout_.push_back(t.dim());
     layout_.insert(layout_.end(), t.sizes().begin(), t.sizes().end());
     layout_.insert(layout_.end(), t.strides().begin(), t.strides().end());
+    int64_t row_major_stride = 1;
+    bool row_major = true;
+    for (int64_t d = t.dim() - 1; d >= 0; --d) {
+      row_major = row_major && (t.size(d) <= 1 || t.stride(d) == row_major_stride);
+      row_major_stride *= t.size(d);
+    }
+    permuted_at_.push_back(row_major ? -1 : layout_at_.back());
   }
   if (!device_.is_cpu() && !(device_.is_cuda() && kBuiltWithCuda)) {
     std::ostringstream s;
@@ -251,6 +258,7 @@ void Table::bind(const std::string& name, const py::sequence& tensors) {
   if (s < 0) s = add_slot(name);
   slots_[s].tensors = std::move(given);
   slots_[s].scalars = false;
+  slots_[s].grads = false;  // rebinding replaces a slot, a grad slot included (as the reference)
   slot_dtype_[s] = slots_[s].tensors.empty() ? at::kFloat : slots_[s].tensors[0].scalar_type();
   list(name);
 }
@@ -263,6 +271,7 @@ void Table::bind_scalars(const std::string& name, const py::sequence& tensors) {
   if (s < 0) s = add_slot(name);
   slots_[s].tensors = std::move(given);
   slots_[s].scalars = true;
+  slots_[s].grads = false;
   slot_dtype_[s] = at::kFloat;
   list(name);
 }
@@ -270,7 +279,8 @@ void Table::bind_scalars(const std::string& name, const py::sequence& tensors) {
 void Table::bind_grads(const std::string& name) {
   int s = slot_index(name);
   if (s < 0) s = add_slot(name);
-  slots_[s].grads = true;  // a grad slot reads .grad even if a list was bound under its name (as the reference)
+  slots_[s].grads = true;
+  slots_[s].tensors.clear();
 }
 
 Table::List Table::list(const std::string& name) {
@@ -371,12 +381,18 @@ Bucket Table::bucket(const List* lists, int nlists, uint32_t written_mask) {
   }
   b.items = items_.data();
   b.offsets = offsets_.empty() ? nullptr : offsets_.data();
+  b.layout_at = permuted_at_.data();
+  b.layouts = layout_.data();
 #ifdef FLATMIN_WITH_CUDA
   if (device_.is_cuda()) {
     upload(current_stream());
     const int64_t* items = device_static_.data_ptr<int64_t>();
     b.items = reinterpret_cast<const WorkItem*>(items);
-    b.offsets = offsets_.empty() ? nullptr : items + items_.size() * (sizeof(WorkItem) / sizeof(int64_t));
+    // items, offsets, permuted_at_, layout_, as uploaded
+    const int64_t* after_items = items + items_.size() * (sizeof(WorkItem) / sizeof(int64_t));
+    b.offsets = offsets_.empty() ? nullptr : after_items;
+    b.layout_at = after_items + offsets_.size();
+    b.layouts = b.layout_at + permuted_at_.size();
     const int64_t* addresses = device_addresses_.data_ptr<int64_t>();
     for (int l = 0; l < nlists; ++l)
       if (lists[l].slot >= 0) b.ptrs[l] = addresses + static_cast<size_t>(lists[l].slot) * size();
@@ -411,6 +427,8 @@ void Table::upload(const c10::Stream& stream) {
       std::vector<int64_t> host(reinterpret_cast<const int64_t*>(items_.data()),
                                 reinterpret_cast<const int64_t*>(items_.data() + items_.size()));
       host.insert(host.end(), offsets_.begin(), offsets_.end());
+      host.insert(host.end(), permuted_at_.begin(), permuted_at_.end());
+      host.insert(host.end(), layout_.begin(), layout_.end());
       device_static_ = to_device(host.data(), host.size(), device_);
     }
     if (device_addresses_.defined() && used_in_capture_) kept_for_graphs_.push_back(device_addresses_);

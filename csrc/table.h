@@ -95,6 +95,7 @@ class Table {
   std::vector<at::Tensor> params_;  // the table's tensors (their .grad feeds the grad slots)
   std::vector<int64_t> numel_;
   std::vector<int64_t> layout_at_, layout_;  // tensor i: dim, sizes, strides at layout_[layout_at_[i]]
+  std::vector<int64_t> permuted_at_;          // layout_at_[i], or -1 where memory order is row-major
   std::vector<int64_t> row_len_, offsets_;
   std::vector<WorkItem> items_;
   int64_t total_ = 0;  // elements

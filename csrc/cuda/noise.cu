@@ -1,7 +1,8 @@
 // The CUDA noise: noise_ (p <- b + coef N) and the raw Philox words. Each thread takes whole
 // Philox calls, four normals each (both Box-Muller pairs, cos and sin), and writes the elements
-// they serve: a tensor whose first global index is not a multiple of the vector width is written
-// element by element, still one call per four normals.
+// they serve: a tensor whose first global index is not a multiple of the vector width, or whose
+// memory order is not row-major (the noise follows logical indices), is written element by
+// element, still one call per four normals.
 #include "dispatch.cuh"
 #include "flatmin/elementwise.h"
 #include "flatmin/op_args.h"
@@ -35,7 +36,9 @@ __global__ void __launch_bounds__(kThreads, 1) noise_kernel(Bucket bk, NoiseArgs
   // so with offset % V == 0 every group's elements are 16-byte aligned
   const uint64_t first = ((offset + item.begin) >> 2) / kCalls * kCalls;
   const uint64_t last = (offset + item.end + 3) >> 2;
-  const bool vec = offset % V == 0 && li.aligned(0);
+  // a permuted layout: the noise follows logical (row-major) indices, memory does not
+  const int64_t* layout = bk.layout_at[item.tensor] >= 0 ? bk.layouts + bk.layout_at[item.tensor] : nullptr;
+  const bool vec = layout == nullptr && offset % V == 0 && li.aligned(0);
   for (uint64_t c = first + uint64_t(threadIdx.x) * kCalls; c < last; c += uint64_t(blockDim.x) * kCalls) {
     float n[V];
 #pragma unroll
@@ -51,7 +54,8 @@ __global__ void __launch_bounds__(kThreads, 1) noise_kernel(Bucket bk, NoiseArgs
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         if (k + i < item.begin || k + i >= item.end) continue;
-        store1<P>(li.at[kNoiseP], k + i, noised(load1<P>(b_list, k + i, b_rt), coef, n[i]), li.rt[kNoiseP]);
+        const int64_t at = layout ? memory_offset(layout, k + i) : k + i;
+        store1<P>(li.at[kNoiseP], at, noised(load1<P>(b_list, at, b_rt), coef, n[i]), li.rt[kNoiseP]);
       }
     }
   }

@@ -113,6 +113,31 @@ def test_buckets_larger_than_the_caches_stream_their_outputs():
         assert_lists_close(got[name], want[name])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_noise_follows_logical_indices_in_permuted_layouts(dtype):
+    """channels_last weights and transposed matrices get the noise of their logical (row-major)
+    elements, as the reference does, whatever their memory order."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(8, 5, 3, 3, generator=gen).to(dtype).to(memory_format=torch.channels_last),
+              torch.randn(70, 9, generator=gen).to(dtype).t(), torch.randn(13, generator=gen).to(dtype)]
+    lists = {"param": params, "base": [p.clone() for p in params]}  # clone keeps the layout
+    (got, _), (want, _) = _both(lists, "noise_", "param", 0.5, offsets=offsets_of(params, start=1), seed=3, step=2,
+                                sample=1, base="base")
+    assert_lists_close(got["param"], want["param"])
+    assert got["param"][0].stride() == params[0].stride()
+
+
+def test_rebinding_a_grad_slot_replaces_it():
+    params = [torch.randn(3)]
+    params[0].grad = torch.ones(3)
+    table = cpp.Table(params)
+    table.bind_grads("g")
+    table.bind("g", [torch.full((3,), 2.0)])
+    out = torch.zeros(1)
+    cpp.sumsq(table, "g", out=out)
+    assert out.item() == 12.0
+
+
 def test_noise_of_several_items_crossing_the_counters_high_word():
     """Global indices crossing 2**32 (the counter's high word), an offset that is not a multiple
     of 4, and a tensor of several items; the python reference is slow, so only one tensor."""

@@ -35,6 +35,10 @@ struct Bucket {
   int64_t nitems;
   int64_t ntensors;
   const int64_t* offsets;           // per tensor: global index of its first element (noise); may be null
+  // per tensor: -1 when memory order is row-major, else where its layout (memory_offset) starts
+  // in `layouts`; the noise is indexed by logical (row-major) element, whatever the layout
+  const int64_t* layout_at;
+  const int64_t* layouts;
   const int64_t* ptrs[kMaxLists];   // per list: ntensors data addresses; null when the op has no such list
   DType dtype[kMaxLists];
   int64_t total;  // elements over all items (CPU: small buckets run on the calling thread)
@@ -42,6 +46,19 @@ struct Bucket {
   // CPU loops read them from a private copy, as they never let two list pointers alias.
   uint32_t copy_mask;
 };
+
+// The memory offset of the element with logical (row-major) index k of a tensor whose layout is
+// [dim, sizes..., strides...].
+FLATMIN_HD int64_t memory_offset(const int64_t* layout, int64_t k) {
+  const int64_t dim = layout[0];
+  int64_t offset = 0;
+  for (int64_t d = dim - 1; d >= 0; --d) {
+    const int64_t size = layout[1 + d];
+    offset += (k % size) * layout[1 + dim + d];
+    k /= size;
+  }
+  return offset;
+}
 
 // Elements per work item: large enough to amortise per-item overhead, small enough that a
 // 10M-element list gives every CPU core and every GPU SM work.
