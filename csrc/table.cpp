@@ -250,29 +250,21 @@ int64_t Table::read_row(int s, const c10::TensorImpl* const* impls, caffe2::Type
   return -1;
 }
 
-void Table::bind(const std::string& name, const py::sequence& tensors) {
-  ++list_conversions_;
-  std::vector<at::Tensor> given = tensors_of(tensors, name);
-  check_list(name, given, false);
-  int s = slot_index(name);
-  if (s < 0) s = add_slot(name);
-  slots_[s].tensors = std::move(given);
-  slots_[s].scalars = false;
-  slots_[s].grads = false;  // rebinding replaces a slot, a grad slot included (as the reference)
-  slot_dtype_[s] = slots_[s].tensors.empty() ? at::kFloat : slots_[s].tensors[0].scalar_type();
-  list(name);
-}
+void Table::bind(const std::string& name, const py::sequence& tensors) { bind_list(name, tensors, false); }
 
-void Table::bind_scalars(const std::string& name, const py::sequence& tensors) {
+void Table::bind_scalars(const std::string& name, const py::sequence& tensors) { bind_list(name, tensors, true); }
+
+void Table::bind_list(const std::string& name, const py::sequence& tensors, bool scalars) {
   ++list_conversions_;
   std::vector<at::Tensor> given = tensors_of(tensors, name);
-  check_list(name, given, true);
+  check_list(name, given, scalars);
   int s = slot_index(name);
   if (s < 0) s = add_slot(name);
-  slots_[s].tensors = std::move(given);
-  slots_[s].scalars = true;
-  slots_[s].grads = false;
-  slot_dtype_[s] = at::kFloat;
+  Slot& slot = slots_[s];
+  slot.tensors = std::move(given);
+  slot.scalars = scalars;
+  slot.grads = false;  // rebinding replaces a slot, a grad slot included (as the reference)
+  slot_dtype_[s] = scalars || slot.tensors.empty() ? at::kFloat : slot.tensors[0].scalar_type();
   list(name);
 }
 

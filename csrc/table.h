@@ -80,6 +80,7 @@ class Table {
 
   int slot_index(const std::string& name) const;
   int add_slot(const std::string& name);
+  void bind_list(const std::string& name, const pybind11::sequence& tensors, bool scalars);
   // The data address of impl if it can stand for tensor i (dtype, device, element count, memory
   // layout; a scalar slot: one element), else -1.
   int64_t address_if_fits(const c10::TensorImpl* impl, int64_t i, caffe2::TypeMeta dtype, bool scalar) const;

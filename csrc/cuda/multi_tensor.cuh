@@ -5,7 +5,8 @@
 //
 // An op is a struct (see reductions.cu, updates.cu) whose constructor reads the call's scalars
 // and the item's list addresses into registers (every list index is a compile-time constant, so
-// nothing is indexed at run time and nothing spills to local memory), with:
+// nothing is indexed at run time and nothing spills to local memory), with kValues sums (kReduces:
+// whether it reduces at all), centralize (whether GC rows apply), and:
 //   template <int V> float pre(int64_t k):   what a GC row sums over elements [k, k + V)
 //   template <int V> void apply(int64_t k, float mean, float (&acc)[kValues]):
 //                                             the op on elements [k, k + V), adding to acc
@@ -291,9 +292,38 @@ __device__ __forceinline__ void run_item(Op& op, const WorkItem& item, int64_t r
   }
 }
 
+// Runs an op (a struct as described at the top) on every work item of a bucket: a block per item.
+// Ops that reduce (kReduces) write partials[item * kValues + v] when partials is given.
+template <class Op, class Args>
+__global__ void __launch_bounds__(kThreads, 1) item_kernel(Bucket bk, Args args, float* partials) {
+  const WorkItem item = bk.items[blockIdx.x];
+  Op op(bk, args, item);
+  float acc[Op::kValues] = {};
+  run_item<Op::kV>(op, item, op.centralize ? item.row_len : 0, acc);
+  if constexpr (Op::kReduces) {
+    if (partials == nullptr) return;  // the same for every thread
+#pragma unroll
+    for (int v = 0; v < Op::kValues; ++v) {
+      const float total = block_sum(acc[v]);
+      if (threadIdx.x == 0) partials[blockIdx.x * int64_t(Op::kValues) + v] = total;
+    }
+  }
+}
+
+__host__ __device__ constexpr uint32_t bit(int l) { return 1u << l; }
+
+inline cudaStream_t as_cuda(void* stream) { return static_cast<cudaStream_t>(stream); }
+
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string("flatmin_kernels ") + what + ": " + cudaGetErrorString(err));
+}
+
+template <class Op, class Args>
+void launch_items(const Bucket& bk, const Args& args, float* partials, void* stream, const char* what) {
+  if (bk.nitems == 0) return;
+  item_kernel<Op, Args><<<static_cast<unsigned>(bk.nitems), kThreads, 0, as_cuda(stream)>>>(bk, args, partials);
+  check_launch(what);
 }
 
 }  // namespace cuda

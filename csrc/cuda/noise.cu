@@ -15,10 +15,6 @@ namespace {
 
 using namespace lists;
 
-cudaStream_t as_cuda(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-constexpr uint32_t bit(int l) { return 1u << l; }
-
 template <class P, class S>
 __global__ void __launch_bounds__(kThreads, 1) noise_kernel(Bucket bk, NoiseArgs args) {
   if (args.found_inf.get()) return;

@@ -13,24 +13,6 @@ namespace {
 
 using namespace lists;
 
-cudaStream_t as_cuda(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-constexpr uint32_t bit(int l) { return 1u << l; }
-
-// Stage 1: a block per work item; partials[item * kValues + v] = the item's sum v.
-template <class Op, class Args>
-__global__ void __launch_bounds__(kThreads, 1) partial_kernel(Bucket bk, Args args, float* partials) {
-  const WorkItem item = bk.items[blockIdx.x];
-  Op op(bk, args, item);
-  float acc[Op::kValues] = {};
-  run_item<Op::kV>(op, item, op.centralize ? item.row_len : 0, acc);
-#pragma unroll
-  for (int v = 0; v < Op::kValues; ++v) {
-    const float total = block_sum(acc[v]);
-    if (threadIdx.x == 0) partials[blockIdx.x * int64_t(Op::kValues) + v] = total;
-  }
-}
-
 // Stage 2: one block adds every item's partials in a fixed order, then stores and finishes.
 __global__ void __launch_bounds__(kThreads, 1) finish_kernel(int64_t nitems, const float* partials, Reduction red) {
   float totals[2];
@@ -47,19 +29,27 @@ __global__ void __launch_bounds__(kThreads, 1) finish_kernel(int64_t nitems, con
 template <class Op, class Args>
 void reduce(const Bucket& bk, const Args& args, const Reduction& red, float* partials, void* stream,
             const char* what) {
-  if (bk.nitems > 0) {
-    partial_kernel<Op, Args><<<static_cast<unsigned>(bk.nitems), kThreads, 0, as_cuda(stream)>>>(bk, args, partials);
-    check_launch(what);
-  }
+  launch_items<Op>(bk, args, partials, stream, what);  // stage 1: partials per item
   finish_kernel<<<1, kThreads, 0, as_cuda(stream)>>>(bk.nitems, partials, red);
   check_launch(what);
 }
+
+// A reduction over whole items, never centralized.
+struct FlatReduction {
+  static constexpr bool kReduces = true;
+  bool centralize = false;
+  template <int V>
+  __device__ float pre(int64_t) const {
+    return 0.0f;
+  }
+};
 
 // ---------------------------------------------------------------------------- sumsq
 
 template <class P, class S>
 struct SumsqOp {
   static constexpr int kValues = 1;
+  static constexpr bool kReduces = true;
   static constexpr int kV = vector_width<P, S>();
   template <int L>
   using D = RoleOf<0u, L, P, S>;  // x and w are both parameter-like
@@ -102,22 +92,16 @@ struct SumsqLaunch {
 // ---------------------------------------------------------------------------- dot
 
 template <class P, class S>
-struct DotOp {
+struct DotOp : FlatReduction {
   static constexpr int kValues = 1;
   static constexpr int kV = vector_width<P, S>();
   template <int L>
   using D = RoleOf<bit(kDotY), L, P, S>;
 
   ItemLists<2> li;
-  bool centralize = false;
 
   __device__ DotOp(const Bucket& bk, const int&, const WorkItem& item) : li(bk, item.tensor) {}
   __device__ bool aligned(int64_t k) const { return li.aligned(k); }
-
-  template <int V>
-  __device__ float pre(int64_t) const {
-    return 0.0f;
-  }
 
   template <int V>
   __device__ void apply(int64_t k, float, float (&acc)[kValues]) const {
@@ -141,7 +125,7 @@ struct DotLaunch {
 // y = a y + b x, with GAM's norms of the same pass: reduce x sums (|w| (x - z))^2, reduce y sums
 // y'^2 and y' z (y' the new value before rounding).
 template <class P, class S, int Values>
-struct AxpbyOp {
+struct AxpbyOp : FlatReduction {
   static constexpr int kValues = Values;
   static constexpr int kV = vector_width<P, S>();
   template <int L>
@@ -151,16 +135,10 @@ struct AxpbyOp {
   float a, b;
   bool a_is_zero;
   AxpbyReduce reduce;
-  bool centralize = false;
 
   __device__ AxpbyOp(const Bucket& bk, const AxpbyArgs& args, const WorkItem& item)
       : li(bk, item.tensor), a(args.a.get()), b(args.b.get()), a_is_zero(args.a_is_zero), reduce(args.reduce) {}
   __device__ bool aligned(int64_t k) const { return li.aligned(k); }
-
-  template <int V>
-  __device__ float pre(int64_t) const {
-    return 0.0f;
-  }
 
   template <int V>
   __device__ void apply(int64_t k, float, float (&acc)[kValues]) const {
@@ -187,11 +165,7 @@ struct AxpbyLaunch {
   template <class P, class S>
   static void run(const Bucket& bk, const AxpbyArgs& a, const Reduction& red, float* partials, void* stream) {
     if (a.reduce == AxpbyReduce::kNone) {
-      if (bk.nitems == 0) return;
-      // no reduction: stage 1 only, into a scratch that nobody reads
-      partial_kernel<AxpbyOp<P, S, 1>, AxpbyArgs>
-          <<<static_cast<unsigned>(bk.nitems), kThreads, 0, as_cuda(stream)>>>(bk, a, partials);
-      check_launch("axpby_");
+      launch_items<AxpbyOp<P, S, 1>>(bk, a, nullptr, stream, "axpby_");
     } else if (red.nvalues == 2) {
       reduce<AxpbyOp<P, S, 2>>(bk, a, red, partials, stream, "axpby_");
     } else {

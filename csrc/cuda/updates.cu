@@ -13,31 +13,12 @@ namespace {
 
 using namespace lists;
 
-cudaStream_t as_cuda(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-constexpr uint32_t bit(int l) { return 1u << l; }
-
-// A block per work item; the op does the rest (see multi_tensor.cuh).
-template <class Op, class Args>
-__global__ void __launch_bounds__(kThreads, 1) item_kernel(Bucket bk, Args args) {
-  const WorkItem item = bk.items[blockIdx.x];
-  Op op(bk, args, item);
-  float acc[Op::kValues] = {};
-  run_item<Op::kV>(op, item, op.centralize ? item.row_len : 0, acc);
-}
-
-template <class Op, class Args>
-void launch_items(const Bucket& bk, const Args& args, void* stream, const char* what) {
-  if (bk.nitems == 0) return;
-  item_kernel<Op, Args><<<static_cast<unsigned>(bk.nitems), kThreads, 0, as_cuda(stream)>>>(bk, args);
-  check_launch(what);
-}
-
 // ---------------------------------------------------------------------------- perturb_
 
 template <class P, class S>
 struct PerturbOp {
   static constexpr int kValues = 1;
+  static constexpr bool kReduces = false;
   static constexpr int kV = vector_width<P, S>();
   static constexpr uint32_t kS = bit(kPerturbD) | bit(kPerturbMinus) | bit(kPerturbDCopy);
   template <int L>
@@ -92,44 +73,51 @@ struct PerturbOp {
 struct PerturbLaunch {
   template <class P, class S>
   static void run(const Bucket& bk, const PerturbArgs& a, void* stream) {
-    launch_items<PerturbOp<P, S>>(bk, a, stream, "perturb_");
+    launch_items<PerturbOp<P, S>>(bk, a, nullptr, stream, "perturb_");
   }
 };
 
-// ---------------------------------------------------------------------------- step_sgd_
+// ---------------------------------------------------------------------------- step_sgd_, step_adam_
 
-template <class P, class S>
-struct SgdOp {
+// The lists SGD and Adam have in common.
+template <int P, int G, int G2, int Backup>
+struct UpdateLists {
+  static constexpr int kP = P, kG = G, kG2 = G2, kBackup = Backup;
+};
+
+// What SGD and Adam share: the direction from g (and g2) with L2 decay on the base weights b (the
+// backup when given), GC's row sums of it, and the restore of a skipped step.
+template <class P, class S, uint32_t SLists, int N, class L>
+struct UpdateBase {
   static constexpr int kValues = 1;
+  static constexpr bool kReduces = false;
   static constexpr int kV = vector_width<P, S>();
-  static constexpr uint32_t kS = bit(kSgdG2) | bit(kSgdBuf);
-  template <int L>
-  using D = RoleOf<kS, L, P, S>;
+  template <int I>
+  using D = RoleOf<SLists, I, P, S>;
 
-  ItemLists<5> li;
-  SgdHyper h;
+  ItemLists<N> li;
   Direction dir;
-  float lr;
+  float l2;
   bool centralize, skip;
 
-  __device__ SgdOp(const Bucket& bk, const SgdArgs& a, const WorkItem& item)
-      : li(bk, item.tensor), h(a.h), dir(a.dir.get()), lr(a.lr.get()), centralize(a.centralize),
-        skip(a.found_inf.get()) {}
+  __device__ UpdateBase(const Bucket& bk, const WorkItem& item, const DirectionArgs& d, float l2_decay,
+                        bool centralized, SkipFlag found_inf)
+      : li(bk, item.tensor), dir(d.get()), l2(l2_decay), centralize(centralized), skip(found_inf.get()) {}
 
   __device__ bool aligned(int64_t k) const { return li.aligned(k); }
 
-  // g (and g2) and the base weights b at [k, k + V); the direction before GC into g
+  // the direction before GC into g, and the base weights b, at [k, k + V)
   template <int V>
   __device__ void gradient(int64_t k, float (&g)[V], float (&b)[V]) const {
     float g2[V] = {};
-    load<D<kSgdG>, V>(li.at[kSgdG], k, li.rt[kSgdG], g);
-    if (li.has(kSgdG2)) load<D<kSgdG2>, V>(li.at[kSgdG2], k, li.rt[kSgdG2], g2);
-    if (li.has(kSgdBackup))
-      load<D<kSgdBackup>, V>(li.at[kSgdBackup], k, li.rt[kSgdBackup], b);
+    load<D<L::kG>, V>(li.at[L::kG], k, li.rt[L::kG], g);
+    if (li.has(L::kG2)) load<D<L::kG2>, V>(li.at[L::kG2], k, li.rt[L::kG2], g2);
+    if (li.has(L::kBackup))
+      load<D<L::kBackup>, V>(li.at[L::kBackup], k, li.rt[L::kBackup], b);
     else
-      load<D<kSgdP>, V>(li.at[kSgdP], k, li.rt[kSgdP], b);
+      load<D<L::kP>, V>(li.at[L::kP], k, li.rt[L::kP], b);
 #pragma unroll
-    for (int i = 0; i < V; ++i) g[i] = sgd_grad(direction(g[i], g2[i], dir, li.has(kSgdG2)), b[i], h);
+    for (int i = 0; i < V; ++i) g[i] = l2_grad(direction(g[i], g2[i], dir, li.has(L::kG2)), b[i], l2);
   }
 
   template <int V>
@@ -142,21 +130,34 @@ struct SgdOp {
     return s;
   }
 
+  // On a skipped step: restores the weights SAM perturbed (p <- backup) and says so.
   template <int V>
-  __device__ void apply(int64_t k, float mean, float (&)[kValues]) const {
-    if (skip) {  // a skipped step still restores the weights SAM perturbed
-      if (li.has(kSgdBackup))
-        copy<D<kSgdBackup>, D<kSgdP>, V>(li.at[kSgdBackup], li.rt[kSgdBackup], li.at[kSgdP], li.rt[kSgdP], k);
-      return;
-    }
-    float g[V], b[V], buf[V];
-    gradient<V>(k, g, b);
-    if (h.has_momentum && !h.init_buffers) {
-      load<D<kSgdBuf>, V>(li.at[kSgdBuf], k, li.rt[kSgdBuf], buf);
-    } else {
-#pragma unroll
-      for (int i = 0; i < V; ++i) buf[i] = 0.0f;
-    }
+  __device__ bool restored(int64_t k) const {
+    if (!skip) return false;
+    if (li.has(L::kBackup))
+      copy<D<L::kBackup>, D<L::kP>, V>(li.at[L::kBackup], li.rt[L::kBackup], li.at[L::kP], li.rt[L::kP], k);
+    return true;
+  }
+};
+
+template <class P, class S>
+struct SgdOp : UpdateBase<P, S, bit(kSgdG2) | bit(kSgdBuf), 5, UpdateLists<kSgdP, kSgdG, kSgdG2, kSgdBackup>> {
+  using Base = UpdateBase<P, S, bit(kSgdG2) | bit(kSgdBuf), 5, UpdateLists<kSgdP, kSgdG, kSgdG2, kSgdBackup>>;
+  template <int I>
+  using D = typename Base::template D<I>;
+  SgdHyper h;
+  float lr;
+
+  __device__ SgdOp(const Bucket& bk, const SgdArgs& a, const WorkItem& item)
+      : Base(bk, item, a.dir, a.h.weight_decay, a.centralize, a.found_inf), h(a.h), lr(a.lr.get()) {}
+
+  template <int V>
+  __device__ void apply(int64_t k, float mean, float (&)[1]) const {
+    if (this->template restored<V>(k)) return;
+    const ItemLists<5>& li = this->li;
+    float g[V], b[V], buf[V] = {};
+    this->template gradient<V>(k, g, b);
+    if (h.has_momentum && !h.init_buffers) load<D<kSgdBuf>, V>(li.at[kSgdBuf], k, li.rt[kSgdBuf], buf);
 #pragma unroll
     for (int i = 0; i < V; ++i) b[i] = sgd_update(g[i] - mean, b[i], buf[i], lr, h);
     if (h.has_momentum) store<D<kSgdBuf>, V>(li.at[kSgdBuf], k, li.rt[kSgdBuf], buf);
@@ -167,30 +168,25 @@ struct SgdOp {
 struct SgdLaunch {
   template <class P, class S>
   static void run(const Bucket& bk, const SgdArgs& a, void* stream) {
-    launch_items<SgdOp<P, S>>(bk, a, stream, "step_sgd_");
+    launch_items<SgdOp<P, S>>(bk, a, nullptr, stream, "step_sgd_");
   }
 };
 
-// ---------------------------------------------------------------------------- step_adam_
+constexpr uint32_t kAdamS = bit(kAdamG2) | bit(kAdamM) | bit(kAdamV) | bit(kAdamVmax);
+using AdamLists = UpdateLists<kAdamP, kAdamG, kAdamG2, kAdamBackup>;
 
 template <class P, class S>
-struct AdamOp {
-  static constexpr int kValues = 1;
-  static constexpr int kV = vector_width<P, S>();
-  static constexpr uint32_t kS = bit(kAdamG2) | bit(kAdamM) | bit(kAdamV) | bit(kAdamVmax);
-  template <int L>
-  using D = RoleOf<kS, L, P, S>;
-
-  ItemLists<7> li;  // kAdamSteps is read once per block, below
+struct AdamOp : UpdateBase<P, S, kAdamS, 7, AdamLists> {  // kAdamSteps is read once per block, below
+  using Base = UpdateBase<P, S, kAdamS, 7, AdamLists>;
+  template <int I>
+  using D = typename Base::template D<I>;
   AdamHyper h;
-  Direction dir;
   AdamStep step;
   float decay;
-  bool amsgrad, centralize, skip;
+  bool amsgrad;
 
   __device__ AdamOp(const Bucket& bk, const AdamArgs& a, const WorkItem& item)
-      : li(bk, item.tensor), h(a.h), dir(a.dir.get()), amsgrad(a.amsgrad), centralize(a.centralize),
-        skip(a.found_inf.get()) {
+      : Base(bk, item, a.dir, adam_l2(a.h), a.centralize, a.found_inf), h(a.h), amsgrad(a.amsgrad) {
     const float lr = a.lr.get();
     decay = adam_decay_factor(a.lr_number, lr, a.lr.is_number(), h.weight_decay);
     // The bias corrections once per block (two fp64 pow), shared with every thread. Every block
@@ -204,45 +200,18 @@ struct AdamOp {
     step = shared_step;
   }
 
-  __device__ bool aligned(int64_t k) const { return li.aligned(k); }
-
   template <int V>
-  __device__ void gradient(int64_t k, float (&g)[V], float (&b)[V]) const {
-    float g2[V] = {};
-    load<D<kAdamG>, V>(li.at[kAdamG], k, li.rt[kAdamG], g);
-    if (li.has(kAdamG2)) load<D<kAdamG2>, V>(li.at[kAdamG2], k, li.rt[kAdamG2], g2);
-    if (li.has(kAdamBackup))
-      load<D<kAdamBackup>, V>(li.at[kAdamBackup], k, li.rt[kAdamBackup], b);
-    else
-      load<D<kAdamP>, V>(li.at[kAdamP], k, li.rt[kAdamP], b);
-#pragma unroll
-    for (int i = 0; i < V; ++i) g[i] = adam_grad(direction(g[i], g2[i], dir, li.has(kAdamG2)), b[i], h);
-  }
-
-  template <int V>
-  __device__ float pre(int64_t k) const {
-    float g[V], b[V];
-    gradient<V>(k, g, b);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < V; ++i) s += g[i];
-    return s;
-  }
-
-  template <int V>
-  __device__ void apply(int64_t k, float mean, float (&)[kValues]) const {
-    if (skip) {  // a skipped step still restores the weights SAM perturbed
-      if (li.has(kAdamBackup))
-        copy<D<kAdamBackup>, D<kAdamP>, V>(li.at[kAdamBackup], li.rt[kAdamBackup], li.at[kAdamP], li.rt[kAdamP], k);
-      return;
-    }
+  __device__ void apply(int64_t k, float mean, float (&)[1]) const {
+    if (this->template restored<V>(k)) return;
+    const ItemLists<7>& li = this->li;
     float g[V], b[V], m[V], v[V], vmax[V] = {};
-    gradient<V>(k, g, b);
+    this->template gradient<V>(k, g, b);
     load<D<kAdamM>, V>(li.at[kAdamM], k, li.rt[kAdamM], m);
     load<D<kAdamV>, V>(li.at[kAdamV], k, li.rt[kAdamV], v);
     if (amsgrad) load<D<kAdamVmax>, V>(li.at[kAdamVmax], k, li.rt[kAdamVmax], vmax);
 #pragma unroll
-    for (int i = 0; i < V; ++i) b[i] = adam_update(g[i] - mean, adam_base(b[i], decay, h), m[i], v[i], vmax[i], amsgrad, step, h);
+    for (int i = 0; i < V; ++i)
+      b[i] = adam_update(g[i] - mean, adam_base(b[i], decay, h), m[i], v[i], vmax[i], amsgrad, step, h);
     store<D<kAdamM>, V>(li.at[kAdamM], k, li.rt[kAdamM], m);
     store<D<kAdamV>, V>(li.at[kAdamV], k, li.rt[kAdamV], v);
     if (amsgrad) store<D<kAdamVmax>, V>(li.at[kAdamVmax], k, li.rt[kAdamVmax], vmax);
@@ -253,7 +222,7 @@ struct AdamOp {
 struct AdamLaunch {
   template <class P, class S>
   static void run(const Bucket& bk, const AdamArgs& a, void* stream) {
-    launch_items<AdamOp<P, S>>(bk, a, stream, "step_adam_");
+    launch_items<AdamOp<P, S>>(bk, a, nullptr, stream, "step_adam_");
   }
 };
 

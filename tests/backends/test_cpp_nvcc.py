@@ -26,12 +26,14 @@ ARCHS = ("80", "90")
 
 # Kernels that stream tensors (by name prefix, after demangling) and the vector access they need.
 STREAMING = {
-    "item_kernel<": ("ld.global.v4", "st.global.v4"),  # perturb_, step_sgd_, step_adam_
+    "item_kernel<PerturbOp": ("ld.global.v4", "st.global.v4"),
+    "item_kernel<SgdOp": ("ld.global.v4", "st.global.v4"),
+    "item_kernel<AdamOp": ("ld.global.v4", "st.global.v4"),
+    "item_kernel<SumsqOp": ("ld.global.v4",),
+    "item_kernel<DotOp": ("ld.global.v4",),
+    "item_kernel<AxpbyOp": ("ld.global.v4", "st.global.v4"),
     "centralize_kernel<": ("ld.global.v4", "st.global.v4"),
     "noise_kernel<": ("ld.global.v4", "st.global.v4"),
-    "partial_kernel<SumsqOp": ("ld.global.v4",),
-    "partial_kernel<DotOp": ("ld.global.v4",),
-    "partial_kernel<AxpbyOp": ("ld.global.v4", "st.global.v4"),
 }
 
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")

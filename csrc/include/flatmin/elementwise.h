@@ -54,10 +54,9 @@ struct SgdHyper {
   bool nesterov, init_buffers, has_momentum;
 };
 
-// The gradient before GC: plus L2 weight decay on the base weights b (torch adds nothing at 0).
-FLATMIN_HD float sgd_grad(float dir, float b, const SgdHyper& h) {
-  return h.weight_decay != 0.0f ? dir + b * h.weight_decay : dir;
-}
+// The gradient before GC: plus L2 weight decay l2 on the base weights b (torch adds nothing at 0).
+// SGD's l2 is its weight decay; Adam's is its weight decay unless decoupled (AdamW), see adam_l2.
+FLATMIN_HD float l2_grad(float dir, float b, float l2) { return l2 != 0.0f ? dir + b * l2 : dir; }
 
 // From the (centralized) gradient: the new momentum buffer (in/out) and the new weight.
 // buf is written either way (callers store it back only when momentum is on).
@@ -98,10 +97,8 @@ FLATMIN_HD float adam_decay_factor(double lr_number, float lr, bool lr_is_number
                       : 1.0f - lr * weight_decay;
 }
 
-// Adam's L2 decay on the gradient (torch adds nothing when weight_decay is 0).
-FLATMIN_HD float adam_grad(float dir, float b, const AdamHyper& h) {
-  return (!h.decoupled && h.weight_decay != 0.0f) ? dir + b * h.weight_decay : dir;
-}
+// Adam's L2 decay on the gradient (see l2_grad); AdamW's goes on the weights (adam_base).
+FLATMIN_HD float adam_l2(const AdamHyper& h) { return h.decoupled ? 0.0f : h.weight_decay; }
 
 // AdamW's decoupled decay on the base weights.
 FLATMIN_HD float adam_base(float b, float decay, const AdamHyper& h) {
