@@ -43,8 +43,10 @@ def _ext_modules():
     # selects on floats); neither changes a result: no reassociation, no fast-math.
     # -ffp-contract=off: no fused multiply-adds, so every instruction set (csrc/cpu/isa_*.cpp)
     # rounds as the torch reference does. -Wno-psabi: GCC's note on passing vector types.
-    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi", "-fvisibility=hidden",
-                 "-fopenmp"]  # the C++ standard is the one torch asks for
+    # -fvisibility=hidden: only the module's init is exported (as pybind11's own types are).
+    # The C++ standard is the one torch asks for.
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi",
+                 "-fvisibility=hidden", "-fopenmp"]
     extra_link_args = ["-fopenmp"]  # torch's own libgomp is the one loaded at run time
 
     with_cuda = (
