@@ -50,10 +50,11 @@ def _demangle(names):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Each source compiled once for both architectures: (ptxas -v report, PTX) per source."""
+    """Each source compiled once for both architectures (all at once: nvcc is slow, cores are few):
+    (the finished process with ptxas -v's report, PTX per architecture) per source."""
     if NVCC is None:
         pytest.skip("nvcc is not on PATH")
-    results = {}
+    running = {}
     for source in CUDA_SOURCES:
         keep = tmp_path_factory.mktemp(source.stem)
         cmd = [NVCC, "-std=c++17", "-O3", "--fmad=false", "-c", str(source), "-o", str(keep / "out.o"),
@@ -61,9 +62,13 @@ def compiled(tmp_path_factory):
                "-Xptxas", "-v", "--keep", "--keep-dir", str(keep)]
         for arch in ARCHS:
             cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        running[source.name] = (keep, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = {}
+    for name, (keep, process) in running.items():
+        _, stderr = process.communicate(timeout=900)
+        result = subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
         ptx = {arch: "\n".join(p.read_text() for p in keep.glob(f"*compute_{arch}*.ptx")) for arch in ARCHS}
-        results[source.name] = (result, ptx)
+        results[name] = (result, ptx)
     return results
 
 
