@@ -335,8 +335,9 @@ def test_staleness_raises_before_anything_is_written(change, message):
     else:
         params[1].grad.data = params[1].grad.data.to(torch.bfloat16)
     m_before = clone_list(table.get("m"))
-    with pytest.raises(StaleTable, match=message):
+    with pytest.raises(StaleTable, match=message) as raised:
         table.refresh()
+    assert type(raised.value) is StaleTable, "the contract's own class, translated from C++"
     with pytest.raises(StaleTable, match=message):
         cpp.step_adam_(table, "param", "grad", "m", "v", None, "step", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                        weight_decay=0.0, decoupled=True, amsgrad=False, maximize=False)
