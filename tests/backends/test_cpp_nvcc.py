@@ -48,10 +48,23 @@ def _demangle(names):
     return dict(zip(names, out))
 
 
+HOST_SOURCES = ["table.cpp", "bindings.cpp"]
+
+
+def _host_compile_command(source):
+    """g++ -fsyntax-only of the binding with its CUDA branches, against the installed torch."""
+    from torch.utils import cpp_extension
+
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    return ["g++", "-std=c++20", "-fsyntax-only", "-DFLATMIN_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
+            "-DTORCH_API_INCLUDE_EXTENSION_H", "-fvisibility=hidden", f"-I{ROOT / 'csrc' / 'include'}",
+            f"-I{ROOT / 'csrc'}", *includes, str(ROOT / "csrc" / source)]
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Each source compiled once for both architectures (all at once: nvcc is slow, cores are few):
-    (the finished process with ptxas -v's report, PTX per architecture) per source."""
+    """Every compilation of this file at once (nvcc is slow, cores are few): per CUDA source, the
+    finished nvcc (ptxas -v's report) and its PTX per architecture; per host source, the g++ check."""
     if NVCC is None:
         pytest.skip("nvcc is not on PATH")
     running = {}
@@ -62,13 +75,18 @@ def compiled(tmp_path_factory):
                "-Xptxas", "-v", "--keep", "--keep-dir", str(keep)]
         for arch in ARCHS:
             cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-        running[source.name] = (keep, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        running[source.name] = (keep, cmd)
+    if shutil.which("g++"):
+        running.update({source: (None, _host_compile_command(source)) for source in HOST_SOURCES})
+    processes = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, (_, cmd) in running.items()}
     results = {}
-    for name, (keep, process) in running.items():
+    for name, process in processes.items():
         _, stderr = process.communicate(timeout=900)
-        result = subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
-        ptx = {arch: "\n".join(p.read_text() for p in keep.glob(f"*compute_{arch}*.ptx")) for arch in ARCHS}
-        results[name] = (result, ptx)
+        keep = running[name][0]
+        ptx = {} if keep is None else {
+            arch: "\n".join(p.read_text() for p in keep.glob(f"*compute_{arch}*.ptx")) for arch in ARCHS}
+        results[name] = (subprocess.CompletedProcess(process.args, process.returncode, "", stderr), ptx)
     return results
 
 
@@ -87,7 +105,8 @@ def _ptxas_report(stderr):
         if m := re.search(r"Compiling entry function '(\S+)' for 'sm_(\d+)'", line):
             key = (m[2], m[1])
             report[key] = [None, None, None]
-        elif key and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+        elif key and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                                     line)):
             report[key][1], report[key][2] = int(m[1]), int(m[2]) + int(m[3])
         elif key and (m := re.search(r"Used (\d+) registers", line)):
             report[key][0] = int(m[1])
@@ -135,16 +154,11 @@ def test_streaming_kernels_use_128_bit_access(compiled):
     assert seen == set(STREAMING), f"kernels not found: {set(STREAMING) - seen}"
 
 
+@needs_nvcc
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not on PATH")
-@pytest.mark.parametrize("source", ["table.cpp", "bindings.cpp"])
-def test_cuda_host_path_compiles(source):
+@pytest.mark.parametrize("source", HOST_SOURCES)
+def test_cuda_host_path_compiles(compiled, source):
     """The binding's CUDA branches (uploads, streams, events, capture checks) use device-generic
     torch headers only, so they compile against a CPU-only torch as well."""
-    from torch.utils import cpp_extension
-
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
-    cmd = ["g++", "-std=c++20", "-fsyntax-only", "-DFLATMIN_WITH_CUDA", "-DTORCH_EXTENSION_NAME=_C",
-           "-DTORCH_API_INCLUDE_EXTENSION_H", "-fvisibility=hidden", f"-I{ROOT / 'csrc' / 'include'}",
-           f"-I{ROOT / 'csrc'}", *includes, str(ROOT / "csrc" / source)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result, _ = compiled[source]
     assert result.returncode == 0, result.stderr[-4000:]
