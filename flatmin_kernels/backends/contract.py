@@ -35,7 +35,7 @@ the same shapes (``zero_grad(set_to_none=True)``) refresh pointers only. If the 
 longer holds (a gradient is None, or an element count, layout, device or dtype changed),
 ``refresh`` raises :class:`StaleTable` and nothing is written; the host path then rebuilds.
 Other slots must keep their storage while bound (the host path rebinds what it replaces).
-A backend may also re-read pointers at every op (``cpp`` does: it costs nothing there). While
+A backend may also re-read pointers at every op (``cpp`` does, in C++: a few ns per tensor per list). While
 the current CUDA stream is capturing a graph, ``refresh`` must neither allocate nor copy: if
 the storage moved it raises RuntimeError saying that a table would be rebuilt during capture.
 
@@ -89,7 +89,7 @@ The ops
     With ``b`` = base (if given) else the old p, and ``D = C(d - minus)`` (minus optional),
     times ``b ** 2`` when ``adaptive`` (ASAM)::
 
-        save_to <- p           (bit-exact backup of the old p)       } written even when
+        save_to <- p           (the old p: bit-exact when dtypes match) } written even when
         copy_d_to <- d         (rounded to its dtype; exact if same)  } found_inf > 0
         p <- b + scale * D     unless found_inf > 0
 

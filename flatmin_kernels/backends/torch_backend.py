@@ -124,7 +124,7 @@ def _centralized(x: torch.Tensor) -> torch.Tensor:
     """x minus its mean over every dimension but dim 0 (a new tensor)."""
     if x.numel() == 0:
         return x.clone()
-    rows = x.reshape(x.shape[0], -1)
+    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)  # a 0-d tensor is one row of one element
     return (rows - rows.mean(dim=1, keepdim=True)).reshape(x.shape)
 
 
