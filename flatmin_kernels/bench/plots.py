@@ -68,7 +68,7 @@ def write_ops(path, report) -> dict:
         values.update({f"copy {op}": v for op, v in copies.items()})
         ax.set_xticks(range(len(ops)))
         ax.set_xticklabels(ops, rotation=45, ha="right", fontsize=7)
-        ax.set(ylabel="GB/s (counted bytes / median time)", title=title)
+        ax.set(ylabel="GB/s (counted bytes / median time)", title=title, yscale="log")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
         drawn[title] = values

@@ -52,6 +52,7 @@ class Config:
     threads: int = 1
     command: str = ""
     progress: object = field(default=None, repr=False)
+    checkpoint: object = field(default=None, repr=False)  # called with the report after every list
 
 
 def ops_default_lists(dtype_name: str) -> tuple:
@@ -64,10 +65,15 @@ def ops_default_lists(dtype_name: str) -> tuple:
 
 
 def suite_lists(suite: str, config: Config, dtype_name: str) -> tuple:
+    """The lists of one suite. ``--params`` splits: its host lists (tiny-*) go to the host suite,
+    the others to ops and steps (which take the host lists when no other is given); a suite
+    that gets none of them runs its defaults."""
     if config.params is not None:
-        if suite == "host":
-            return tuple(n for n in config.params if n in param_lists.HOST_LISTS)
-        return tuple(config.params)
+        host = tuple(n for n in config.params if n in param_lists.HOST_LISTS)
+        others = tuple(n for n in config.params if n not in param_lists.HOST_LISTS)
+        given = host if suite == "host" else (others or host)
+        if given:
+            return given
     if config.quick:
         return QUICK_LISTS[suite]
     if suite == "ops":
@@ -138,8 +144,7 @@ def _budget(device) -> int:
     return int(MEMORY_FRACTION * machine.available_memory(device))
 
 
-def _run_ops(config, progress, skipped) -> list:
-    results = []
+def _run_ops(config, progress, skipped, results, checkpoint):
     t = timing_for("ops", config)
     for dtype_name in suite_dtypes("ops", config):
         for name in suite_lists("ops", config, dtype_name):
@@ -159,11 +164,10 @@ def _run_ops(config, progress, skipped) -> list:
                                                clock=clock_for(config.device), reps=t["reps"],
                                                warmup=t["warmup"], slow_s=t["slow_s"], progress=progress)
             results.append(entry)
-    return results
+            checkpoint()
 
 
-def _run_steps_like(suite, module, field_, config, progress, skipped) -> list:
-    results = []
+def _run_steps_like(suite, module, field_, config, progress, skipped, results, checkpoint):
     t = timing_for(suite, config)
     clock = WallClock(config.device) if suite == "host" else clock_for(config.device)
     for dtype_name in suite_dtypes(suite, config):
@@ -180,45 +184,55 @@ def _run_steps_like(suite, module, field_, config, progress, skipped) -> list:
             results.append({"list": name, "description": plist.description, "dtype": dtype_name,
                             "tensors": plist.tensors, "elements": plist.numel, "list_bytes": plist.nbytes(dtype),
                             "anchor": C.ANCHOR, "cohorts": out["cohorts"], "rows": out["rows"]})
-    return results
+            checkpoint()
 
 
 def run(config: Config) -> dict:
-    progress = config.progress or Progress()
-    started = time.perf_counter()
-    skipped = []
+    """Run the suites; ``config.checkpoint(report)`` sees the report grow after every list, so an
+    interrupted run (KeyboardInterrupt propagates) still leaves what it measured."""
     with machine.threads(config.threads):
-        report = {
-            "schema": "flatmin_kernels.bench/1",
-            "command": config.command,
-            "date": machine.now(),
-            "machine": machine.describe(config.device),
-            "versions": machine.versions(),
-            "config": {"device": str(config.device), "suites": list(config.suites), "quick": config.quick,
-                       "params": None if config.params is None else list(config.params),
-                       "dtypes": None if config.dtypes is None else list(config.dtypes),
-                       "backends": list(config.backends), "threads": config.threads,
-                       "timing": {s: timing_for(s, config) for s in config.suites},
-                       "clock": {s: (WallClock() if s == "host" else clock_for(config.device)).kind
-                                 for s in config.suites},
-                       "memory_fraction": MEMORY_FRACTION},
-            "suites": {},
-        }
-        if "ops" in config.suites:
-            report["suites"]["ops"] = _run_ops(config, progress, skipped)
-        if "steps" in config.suites:
-            report["suites"]["steps"] = _run_steps_like("steps", steps_suite, steps_field(config, skipped),
-                                                         config, progress, skipped)
-        if "host" in config.suites:
-            if not suite_lists("host", config, "fp32"):
-                skipped.append({"suite": "host", "what": "host suite",
-                                "reason": f"no host list ({', '.join(param_lists.HOST_LISTS)}) among --params"})
-            else:
-                report["suites"]["host"] = _run_steps_like("host", host_suite, host_suite.field(config.backends),
-                                                           config, progress, skipped)
+        return _run(config, config.progress or Progress())
+
+
+def _run(config, progress) -> dict:
+    started = time.perf_counter()
+    report = {
+        "schema": "flatmin_kernels.bench/1",
+        "command": config.command,
+        "date": machine.now(),
+        "complete": False,
+        "machine": machine.describe(config.device),
+        "versions": machine.versions(),
+        "config": {"device": str(config.device), "suites": list(config.suites), "quick": config.quick,
+                   "params": None if config.params is None else list(config.params),
+                   "dtypes": None if config.dtypes is None else list(config.dtypes),
+                   "backends": list(config.backends), "threads": config.threads,
+                   "timing": {s: timing_for(s, config) for s in config.suites},
+                   "clock": {s: (WallClock() if s == "host" else clock_for(config.device)).kind
+                             for s in config.suites},
+                   "memory_fraction": MEMORY_FRACTION},
+        "suites": {},
+        "skipped": [],
+        "targets": [],
+    }
+
+    def checkpoint():
+        report["targets"] = targets.evaluate(report)
+        report["wall_seconds"] = time.perf_counter() - started
+        report["machine"]["loadavg_after"] = list(os.getloadavg())
+        if config.checkpoint is not None:
+            config.checkpoint(report)
+
+    skipped = report["skipped"]
+    if "ops" in config.suites:
+        _run_ops(config, progress, skipped, report["suites"].setdefault("ops", []), checkpoint)
+    if "steps" in config.suites:
+        _run_steps_like("steps", steps_suite, steps_field(config, skipped), config, progress, skipped,
+                        report["suites"].setdefault("steps", []), checkpoint)
+    if "host" in config.suites:
+        _run_steps_like("host", host_suite, host_suite.field(config.backends), config, progress, skipped,
+                        report["suites"].setdefault("host", []), checkpoint)
     progress.done()
-    report["skipped"] = skipped
-    report["targets"] = targets.evaluate(report)
-    report["wall_seconds"] = time.perf_counter() - started
-    report["machine"]["loadavg_after"] = list(os.getloadavg())
+    report["complete"] = True
+    checkpoint()
     return report

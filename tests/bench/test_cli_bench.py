@@ -209,3 +209,38 @@ def test_argparse_refuses_unknown_values(argv, capsys):
         main(["bench"] + argv)
     assert exc.value.code == 2
     assert "invalid" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_leaves_what_it_measured(tmp_path, monkeypatch, capsys):
+    from flatmin_kernels.bench import runner
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.steps_suite, "run_list", interrupt)
+    out = tmp_path / "out"
+    rc = main(["bench", "--params", "tiny-100", "--backends", "cpp", "--reps", "1", "--dtype", "fp32",
+               "--out", str(out)])
+    assert rc == 130
+    assert capsys.readouterr().err.strip().endswith(f'interrupted: {out / "bench.json"} holds what was measured '
+                                                    f'("complete": false)')
+    with open(out / "bench.json") as f:
+        report = json.load(f)
+    assert report["complete"] is False
+    assert [e["list"] for e in report["suites"]["ops"]] == ["tiny-100"] and not report["suites"].get("steps")
+
+
+def test_params_send_host_lists_to_the_host_suite_and_the_others_to_ops_and_steps():
+    from flatmin_kernels.bench.runner import Config, suite_lists
+
+    config = Config(device=torch.device("cpu"), params=("gpt2-medium", "tiny-1000"))
+    assert suite_lists("steps", config, "fp32") == ("gpt2-medium",) == suite_lists("ops", config, "bf16")
+    assert suite_lists("host", config, "fp32") == ("tiny-1000",)
+    only_model = Config(device=torch.device("cpu"), params=("gpt2-small",))
+    assert suite_lists("host", only_model, "fp32") == ("tiny-100", "tiny-1000", "tiny-10000")
+    only_host = Config(device=torch.device("cpu"), params=("tiny-100",))
+    assert suite_lists("steps", only_host, "fp32") == ("tiny-100",)
+    default = Config(device=torch.device("cpu"))
+    assert suite_lists("ops", default, "fp32") == ("gpt2-small",)  # the smallest model list >= 256 MiB
+    assert suite_lists("ops", default, "bf16") == ("gpt2-medium",)
+    assert suite_lists("steps", default, "fp32") == ("flat-10m", "gpt2-small")
