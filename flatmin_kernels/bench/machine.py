@@ -66,6 +66,26 @@ def describe(device: torch.device) -> dict:
     return info
 
 
+def native_backends(device) -> dict:
+    """{backend: None if it runs natively on ``device`` else why not}, asked through the public API."""
+    import flatmin_kernels as fk
+    from flatmin_kernels import functional
+
+    out = {}
+    for name, (ok, reason) in fk.backend_status().items():
+        if not ok:
+            out[name] = reason
+        elif name == "triton" and device.type != "cuda":
+            out[name] = "Triton runs on a CPU only in its interpreter, which is not worth timing"
+        else:
+            try:
+                functional.sumsq([torch.ones(2, device=device)], backend=name)
+                out[name] = None
+            except Exception as exc:
+                out[name] = str(exc)
+    return out
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

@@ -6,6 +6,7 @@ and whether a very slow contender gets one round only, depend on the measured sp
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ MODEL_LISTS = ("resnet50", "gpt2-small", "gpt2-medium", "llama-1b")
 # and the iteration time above which a contender gets one round only.
 TIMING = {
     "ops": dict(reps=3, warmup=1, min_sample_s=0.0, slow_s=5.0),
-    "steps": dict(reps=5, warmup=1, min_sample_s=0.02, slow_s=5.0),
+    "steps": dict(reps=4, warmup=1, min_sample_s=0.02, slow_s=5.0),
     "host": dict(reps=9, warmup=2, min_sample_s=0.05, slow_s=5.0),
 }
 QUICK_TIMING = {
@@ -141,6 +142,9 @@ def steps_field(config: Config, skipped: list) -> list:
 
 
 def _budget(device) -> int:
+    gc.collect()  # the previous list's tensors, and on CUDA the allocator's cache of them
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return int(MEMORY_FRACTION * machine.available_memory(device))
 
 

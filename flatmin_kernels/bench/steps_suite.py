@@ -114,7 +114,7 @@ def run_list(plist, dtype, device, contenders, *, clock, reps, warmup, min_sampl
         timings = interleave({n: s.iteration for n, s in setups.items()}, clock=clock, reps=reps,
                              warmup=warmup, min_sample_s=min_sample_s, slow_s=slow_s,
                              progress=lambda what, name: progress(f"cohort {ci + 1}/{len(cohorts)}: {what}", name))
-        anchor_median = timings[ANCHOR].median
+        anchor_median = timings[ANCHOR].median if ANCHOR in timings else None
         for name, setup in setups.items():
             t = timings[name]
             if name == ANCHOR and ci > 0:

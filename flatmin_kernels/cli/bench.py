@@ -26,38 +26,16 @@ def add_arguments(parser):
     parser.add_argument("--backends", nargs="+", metavar="NAME",
                         help="flatmin backends to time (default: every backend that runs natively on the device)")
     parser.add_argument("--out", default="flatmin_bench", help="folder for bench.json and the PNGs")
-    parser.add_argument("--reps", type=int, help="rounds of every suite (default: ops 3, steps 5, host 9; --quick 2-3)")
+    parser.add_argument("--reps", type=int, help="rounds of every suite (default: ops 3, steps 4, host 9; --quick 2-3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads for the run (default: all cores)")
-
-
-def native_backends(device) -> dict:
-    """{backend: None if it runs natively on ``device`` else why not}, asked through the public API."""
-    import torch
-
-    import flatmin_kernels as fk
-    from flatmin_kernels import functional
-
-    out = {}
-    for name, (ok, reason) in fk.backend_status().items():
-        if not ok:
-            out[name] = reason
-        elif name == "triton" and device.type != "cuda":
-            out[name] = "Triton runs on a CPU only in its interpreter, which is not worth timing"
-        else:
-            try:
-                functional.sumsq([torch.ones(2, device=device)], backend=name)
-                out[name] = None
-            except Exception as exc:
-                out[name] = str(exc)
-    return out
 
 
 def validate(args):
     """The run's Config, or ValueError with the one line to print."""
     import torch
 
-    from flatmin_kernels.bench import param_lists, runner
+    from flatmin_kernels.bench import machine, param_lists, runner
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False)")
@@ -68,7 +46,7 @@ def validate(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: exists and is not a folder")
     device = torch.device(args.device)
-    status = native_backends(device)
+    status = machine.native_backends(device)
     if args.backends:
         for name in args.backends:
             if name not in status:

@@ -150,15 +150,18 @@ def test_official_nso_averages_the_gradients_at_w_plus_and_minus_u():
     assert_moved(net)
 
 
+def train_base_oracle(model, oracle):
+    for batch in BATCHES:
+        closure_for(model, batch)()
+        oracle.step()
+
+
 def test_gc_paper_adam_gc_matches_the_oracle():
     net, ref = make_net(), make_net()
     train(net, AdamGC(net.parameters(), lr=1e-2, weight_decay=1e-2), base_step)
     g = groups(ref, lr=1e-2, weight_decay=1e-2, **ORACLE_ADAM)
     g[0]["centralize"] = "gc"
-    oracle = oracles.OracleAdam(g, decoupled=False)
-    for batch in BATCHES:
-        closure_for(ref, batch)()
-        oracle.step()
+    train_base_oracle(ref, oracles.OracleAdam(g, decoupled=False))
     # the paper's Adam adds eps to sqrt(v) before the bias correction: eps-level differences
     assert_same_weights(net, ref, 1e-5)
     assert_moved(net)
@@ -167,12 +170,9 @@ def test_gc_paper_adam_gc_matches_the_oracle():
 def test_gc_paper_sgd_gc_matches_the_oracle():
     net, ref = make_net(), make_net()
     train(net, SGDGC(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2), base_step)
-    g = [{"params": list(ref.parameters()), "lr": 0.05, "momentum": 0.9, "dampening": 0.0, "nesterov": False,
-          "maximize": False, "weight_decay": 1e-2, "centralize": "gc"}]
-    oracle = oracles.OracleSGD(g)
-    for batch in BATCHES:
-        closure_for(ref, batch)()
-        oracle.step()
+    g = groups(ref, lr=0.05, momentum=0.9, dampening=0.0, nesterov=False, maximize=False, weight_decay=1e-2)
+    g[0]["centralize"] = "gc"
+    train_base_oracle(ref, oracles.OracleSGD(g))
     assert_same_weights(net, ref, 1e-6)
     assert_moved(net)
 
