@@ -139,24 +139,25 @@ def torch_adamw() -> list:
 
 # ----------------------------------------------------------------------------- ours
 
-# (method, build(params, backend), iterate, accesses, how counted, held, passes): the counts are the
-# op-contract minimum of the ops each step issues (see flatmin_kernels/optim and ops_suite.OPS).
+# (method, build(params, backend), iterate, accesses, how counted, held, passes). The counts are
+# the op-contract minimum of the ops each step issues (each list an op reads or writes, once),
+# the schedules in flatmin_kernels/optim's docstrings; tests/bench checks them against
+# flatmin_kernels.plan.counting_traffic().
 _OURS = (
     ("AdamW", lambda ps, be: fk.AdamW(ps, backend=be, **BASE), base_step,
-     7, "adamw_ 7", 2, 1),
+     7, "adamw_: r p,g,m,v; w p,m,v", 2, 1),
     ("AdamW+GC", lambda ps, be: fk.AdamW(ps, centralize="gc", backend=be, **BASE), base_step,
-     7, "adamw_ gc 7 (row means in the same pass)", 2, 1),
+     7, "adamw_ with GC (row means in the same pass): r p,g,m,v; w p,m,v", 2, 1),
     ("SAM", lambda ps, be: fk.SAM(ps, torch.optim.AdamW, rho=0.05, backend=be, **BASE), two_call,
-     12, "sumsq 1 + perturb_ backups 4 + adamw_ backups 7", 3, 2),
+     12, "sumsq 1 + perturb_ with backup 4 + AdamW from the backup 7", 3, 2),
     ("ASAM", lambda ps, be: fk.SAM(ps, torch.optim.AdamW, rho=0.5, adaptive=True, backend=be, **BASE),
-     two_call, 13, "sumsq asam 2 + perturb_ backups 4 + adamw_ backups 7", 3, 2),
+     two_call, 13, "sumsq of |p| g 2 + perturb_ with backup 4 + AdamW from the backup 7", 3, 2),
     ("SAM+GC", lambda ps, be: fk.SAM(ps, torch.optim.AdamW, rho=0.05, centralize="gc", backend=be, **BASE),
-     two_call, 12, "sumsq gc 1 + perturb_ backups 4 + adamw_ backups gc 7", 3, 2),
+     two_call, 12, "sumsq 1 + perturb_ with backup 4 + AdamW from the backup 7, GC inside each", 3, 2),
     ("GAM", lambda ps, be: fk.GAM(ps, torch.optim.AdamW, backend=be, **BASE), closure_step,
-     44, "copies W,A 4; 3 sumsq 3; 3 perturb_ 9; axpby_ 2+3+2+3+3+3 = 16; sumsq B 1, dot 2, "
-         "restore copy 2; adamw_ 7", 5, 4),
+     31, "gam.py's schedule: 1 + 5 + 3 + 4 + 3 + 3 + 4 + AdamW from W along coef B - gamma A 8", 5, 4),
     ("NSO", lambda ps, be: fk.NSO(ps, torch.optim.AdamW, sigma=0.01, seed=0, backend=be, **BASE),
-     closure_step, 16, "backup copy 2; noise_ +U, -U from the backup 4; restore copy 2; sumsq 1; adamw_ 7",
+     closure_step, 14, "backup 2 + noise_ from the backup 2 + 2 + found_inf norm 1 + AdamW from the backup 7",
      3, 2),
 )
 

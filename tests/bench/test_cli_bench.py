@@ -12,8 +12,10 @@ import time
 import pytest
 import torch
 
+import flatmin_kernels as fk
 from flatmin_kernels.bench import contenders as C
 from flatmin_kernels.bench import host_suite, ops_suite, plots
+from flatmin_kernels.bench.targets import primary_backend
 from flatmin_kernels.cli import main
 
 import bench.peers
@@ -48,7 +50,7 @@ def test_json_names_the_machine_versions_and_configuration(quick):
     assert r["machine"]["cpu_model"] and r["machine"]["cpu_cores"] >= 1
     assert r["machine"]["torch_threads"] == 2 == r["config"]["threads"]
     assert r["versions"]["torch"] == torch.__version__ and r["versions"]["flatmin_kernels"]
-    assert r["config"]["backends"] == ["torch", "cpp"]
+    assert r["config"]["backends"] == [b for b in ("torch", "cpp") if b in fk.available_backends()]
     assert r["config"]["timing"]["steps"]["reps"] == 2
     assert r["command"].startswith("python -m flatmin_kernels bench --device cpu --suite all --quick")
     assert r["date"]
@@ -104,10 +106,13 @@ def test_host_rows_give_ms_per_thousand_tensors(quick):
 
 
 def test_measured_memory_and_passes_match_what_each_contender_declares(quick):
+    """Held: the declared parameter-sized tensors, plus (flatmin) its plans' per-step scalars,
+    a few dozen floats: under 5% of even these tiny lists."""
     for suite in ("steps", "host"):
         for entry in quick["report"]["suites"][suite]:
             for row in entry["rows"]:
-                assert row["held_bytes"] == row["declared_held"] * entry["list_bytes"], row["contender"]
+                declared = row["declared_held"] * entry["list_bytes"]
+                assert declared <= row["held_bytes"] <= declared + 0.05 * entry["list_bytes"], row["contender"]
                 assert row["passes_per_step"] == row["declared_passes"], row["contender"]
 
 
@@ -148,17 +153,18 @@ def test_the_console_shows_the_tables_and_every_target(quick):
     assert "steps: tiny-100 fp32 on cpu" in text and "host: tiny-100 fp32 on cpu" in text
     assert "ops: tiny-100 bf16 on cpu" in text and "below 256 MiB" in text
     targets = quick["report"]["targets"]
+    b = primary_backend(quick["report"])  # cpp on a CPU where it is built, else torch
     assert {t["target"] for t in targets} >= {
-        "fk.SAM (cpp) <= 0.5x torch.AdamW fused (host, tiny-1000)",
-        "fk.AdamW (cpp) <= 0.25x torch.AdamW fused (host, tiny-1000)",
-        "fk.GAM (cpp) <= 1.5x torch.AdamW fused (host, tiny-1000)",
-        "fk.NSO (cpp) <= 0.75x torch.AdamW fused (host, tiny-1000)"}
+        f"fk.SAM ({b}) <= 0.5x torch.AdamW fused (host, tiny-1000)",
+        f"fk.AdamW ({b}) <= 0.25x torch.AdamW fused (host, tiny-1000)",
+        f"fk.GAM ({b}) <= 1.5x torch.AdamW fused (host, tiny-1000)",
+        f"fk.NSO ({b}) <= 0.75x torch.AdamW fused (host, tiny-1000)"}
     for t in targets:
         assert t["target"] in text
         assert t["pass"] == (t["measured"] <= t["limit"] if t["comparison"] == "<=" else t["measured"] >= t["limit"])
     host = {row["contender"]: row for row in quick["report"]["suites"]["host"][1]["rows"]}
-    [sam] = [t for t in targets if t["target"].startswith("fk.SAM (cpp) <= 0.5x")]
-    assert sam["measured"] == host["fk.SAM (cpp)"]["ratio_to_fused_adamw"]
+    [sam] = [t for t in targets if t["target"].startswith(f"fk.SAM ({b}) <= 0.5x")]
+    assert sam["measured"] == host[f"fk.SAM ({b})"]["ratio_to_fused_adamw"]
 
 
 # ----------------------------------------------------------------------------- bad arguments
@@ -219,7 +225,7 @@ def test_an_interrupted_run_leaves_what_it_measured(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(runner.steps_suite, "run_list", interrupt)
     out = tmp_path / "out"
-    rc = main(["bench", "--params", "tiny-100", "--backends", "cpp", "--reps", "1", "--dtype", "fp32",
+    rc = main(["bench", "--params", "tiny-100", "--backends", "torch", "--reps", "1", "--dtype", "fp32",
                "--out", str(out)])
     assert rc == 130
     assert capsys.readouterr().err.strip().endswith(f'interrupted: {out / "bench.json"} holds what was measured '

@@ -14,6 +14,7 @@ from flatmin_kernels.bench import contenders as C
 from flatmin_kernels.bench.param_lists import ParamList
 from flatmin_kernels.bench.steps_suite import Setup
 from flatmin_kernels.bench.timing import WallClock
+from flatmin_kernels.plan import counting_traffic
 from tests.bench.traffic import TrafficCounter
 
 import bench.peers
@@ -64,11 +65,22 @@ def test_stated_count_is_what_the_code_moves(contender):
 
 
 def test_ours_are_the_op_contract_counts():
-    ours = {c.method: c for c in C.ours("cpp")}
+    ours = {c.method: c for c in C.ours("torch")}
     assert ours["AdamW"].bytes_per_param(4) == 28  # r p,g,m,v; w p,m,v
     assert ours["AdamW"].bytes_per_param(2) == 14
     assert ours["SAM"].bytes_per_param(4) == 48  # norm 4 + perturb with backup 16 + AdamW from the backup 28
     assert C.fused_adamw().bytes_per_param(4) == 28
+
+
+@pytest.mark.parametrize("contender", C.ours("torch"), ids=lambda c: c.method)
+def test_ours_are_what_flatmins_traffic_accounting_counts(contender):
+    """flatmin counts the slots each op call reads and writes (the same on every backend)."""
+    presets = [torch.full(s, 1e-3) for s in SMALL.shapes]
+    setup = Setup(contender, SMALL, torch.float32, "cpu", presets, torch.zeros(()))
+    setup.iteration(WallClock())  # state exists
+    with counting_traffic() as traffic:
+        setup.iteration(WallClock())
+    assert traffic.bytes == contender.accesses * 4 * SMALL.numel
 
 
 def test_counter_sees_a_fused_adamw_as_seven_accesses():
