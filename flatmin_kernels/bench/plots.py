@@ -123,7 +123,7 @@ def write_host(path, report) -> dict:
     drawn = {"ms per step": {}, "ms per 1,000 tensors": {}}
     for i, (name, points) in enumerate(series.items()):
         xs = [p[0] for p in points]
-        style = dict(marker="o", color=f"C{i}", label=name, ls="--" if "torch" in name else "-")
+        style = dict(marker="o", color=f"C{i}", label=name, ls="--" if name.startswith("torch.") else "-")
         ax_ms.plot(xs, [p[1] for p in points], **style)
         ax_per.plot(xs, [p[2] for p in points], **style)
         for x, ms, per in points:

@@ -104,7 +104,7 @@ class Timing:
 
     samples: list = field(default_factory=list)
     inner: int = 1
-    rounds: int = 0
+    rounds: int = 0  # rounds it took part in
     first_s: Optional[float] = None  # the last warm-up iteration, untimed for the result
     note: Optional[str] = None
     error: Optional[str] = None
@@ -136,7 +136,8 @@ def interleave(entries: dict, *, clock, reps: int, warmup: int = 1, min_sample_s
     """Time every ``entries[name](clock)`` (one iteration each call) in ``reps`` rotating rounds.
 
     ``warmup`` iterations per entry come first (the last one also calibrates ``inner``). An entry
-    whose warm-up iteration took longer than ``slow_s`` gets one round only (noted). An entry
+    whose timed iteration takes longer than ``slow_s`` leaves the rotation after that round
+    (noted): a slow warm-up alone (compilation, first-touch allocation) does not decide. An entry
     that raises is dropped with its error recorded; the others go on.
     """
     names = list(entries)
@@ -151,24 +152,20 @@ def interleave(entries: dict, *, clock, reps: int, warmup: int = 1, min_sample_s
         except Exception as exc:  # a contender that cannot run here must not stop the others
             t.error = f"{type(exc).__name__}: {exc}"
             continue
-        t.rounds = reps
-        if t.first_s > slow_s:
-            t.rounds = 1
-            t.note = f"one repetition only: an iteration takes {t.first_s:.1f} s (> {slow_s:g} s)"
-        elif min_sample_s > 0:
+        if min_sample_s > 0:
             t.inner = max(1, min(1000, math.ceil(min_sample_s / max(t.first_s, 1e-9))))
-    total = sum(timings[n].rounds for n in names if timings[n].error is None)
-    done = 0
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)] if names else []
-        for name in order:
+        running = [n for n in order if timings[n].error is None and timings[n].note is None]
+        for k, name in enumerate(running):
             t = timings[name]
-            if t.error is not None or r >= t.rounds:
-                continue
-            done += 1
-            say(f"{done}/{total}", name)
+            say(f"round {r + 1}/{reps}: {k + 1}/{len(running)}", name)
             try:
                 t.samples.append(_measure(entries[name], clock, t.inner))
             except Exception as exc:
                 t.error = f"{type(exc).__name__}: {exc}"
+                continue
+            t.rounds = r + 1
+            if t.samples[-1] > slow_s and r + 1 < reps:
+                t.note = f"{r + 1} round(s) only: an iteration takes {t.samples[-1]:.1f} s (> {slow_s:g} s)"
     return timings

@@ -59,3 +59,21 @@ def test_held_bytes_walks_state_and_attributes_once_per_storage():
     assert probes.held_bytes(w, params) == 24 * 4
     opt.step()  # AdamW's moments: two more parameter-sized tensors each
     assert probes.held_bytes(w, params) == 24 * 4 + 2 * 24 * 4
+
+
+def test_every_contender_really_steps_under_the_stand_in_passes():
+    """No optimizer mistakes the preset gradients for a skipped step: every parameter moves."""
+    import bench.peers
+    from flatmin_kernels.bench.machine import native_backends
+
+    backends = [b for b, why in native_backends(torch.device("cpu")).items() if why is None]
+    field = C.torch_adamw() + [c for b in backends for c in C.ours(b)] + bench.peers.contenders()
+    presets = param_lists.materialize(TINY, torch.float32, "cpu", seed=1, scale=1e-3)
+    for c in field:
+        if c.unavailable or not c.in_quick:
+            continue
+        setup = steps_suite.Setup(c, TINY, torch.float32, "cpu", presets, torch.zeros(()))
+        before = [p.detach().clone() for p in setup.params]
+        setup.iteration(WallClock())
+        assert all(not torch.equal(a, b) for a, b in zip(before, setup.params)), c.name
+        assert setup.passes == c.passes, c.name

@@ -70,5 +70,17 @@ def test_ops_targets_only_on_lists_of_at_least_256_mib():
         ("adamw_ (cpp, fp32) >= 90% of copy bandwidth", True), ("noise_ (cpp, fp32) >= 90% of copy bandwidth", False)]
 
 
+def test_the_reference_backend_gets_no_fused_op_targets():
+    big = {"list": "gpt2-small", "dtype": "fp32", "below_256_mib": False,
+           "rows": [{"op": "adamw_", "backend": "torch", "fraction_of_copy": 0.1}]}
+    assert targets.evaluate(report(backends=("torch",), ops=[big])) == []
+
+
+def test_held_buffers_are_counted_to_a_hundredth_of_the_list():
+    rows = [row("torch.AdamW fused", 1.0, held=800), row("fk.SAM (cpp)", 1.0, held=1200 + 1)]
+    [sam] = targets.evaluate(report(steps=[entry("gpt2-small", rows)]))
+    assert (sam["measured"], sam["pass"]) == (1.0, True)
+
+
 def test_no_flatmin_backend_no_targets():
     assert targets.evaluate(report(backends=())) == []

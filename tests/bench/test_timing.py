@@ -30,12 +30,26 @@ def test_short_iterations_are_averaged_to_the_minimum_sample_time():
     assert len(t.samples) == 1 and t.samples[0] >= 0.0019
 
 
-def test_a_slow_contender_gets_one_round_and_says_so():
+def test_a_slow_contender_leaves_after_its_first_round_and_says_so():
     timings = interleave({"slow": lambda clock: time.sleep(0.05), "fast": lambda clock: None},
                          clock=WallClock(), reps=3, slow_s=0.02)
     assert timings["slow"].rounds == 1 and len(timings["slow"].samples) == 1
-    assert timings["slow"].note.startswith("one repetition only: an iteration takes")
+    assert timings["slow"].note.startswith("1 round(s) only: an iteration takes 0.")
+    assert timings["slow"].note.endswith(" s (> 0.02 s)")
     assert len(timings["fast"].samples) == 3 and timings["fast"].note is None
+
+
+def test_a_slow_warm_up_alone_does_not_shorten_the_run():
+    """A compiler's first call (or first-touch allocation) is slow once, then fast."""
+    calls = []
+
+    def compiles_once(clock):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.05)
+
+    t = interleave({"x": compiles_once}, clock=WallClock(), reps=3, slow_s=0.02)["x"]
+    assert len(t.samples) == 3 and t.note is None and t.first_s >= 0.05
 
 
 def test_a_failing_contender_is_recorded_and_the_others_go_on():
