@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
 import platform
 from contextlib import contextmanager
@@ -48,9 +49,8 @@ def versions() -> dict:
            "torch_cuda": torch.version.cuda, "flatmin_kernels": flatmin_kernels.__version__}
     for name in ("triton", "pytorch_optimizer"):
         try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", "installed")
-        except Exception:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
