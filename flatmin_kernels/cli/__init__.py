@@ -13,6 +13,7 @@ COMMANDS = {
     "info": "versions, devices, and which backends work here",
     "demo": "train a digits MLP with every method and report accuracy, sharpness and cost",
     "edge": "GD and SAM on the digits MLP: sharpness against the edges of stability",
+    "bench": "benchmarks: fused ops, optimizer steps and host time, against the peers",
 }
 
 

@@ -1,0 +1,34 @@
+"""Every functional op per native backend on the flat-10m list (fp32, 40 MB), through pytest-benchmark.
+
+    python -m pytest bench --benchmark-only [--benchmark-json out.json]
+
+``extra_info`` holds each op's counted bytes, so GB/s = bytes / time.
+"""
+import pytest
+import torch
+
+from flatmin_kernels.bench import machine, ops_suite, param_lists
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BACKENDS = [name for name, why in machine.native_backends(DEVICE).items() if why is None]
+PLIST = param_lists.get("flat-10m")
+
+
+@pytest.fixture(scope="module")
+def buffers():
+    return ops_suite.Buffers(PLIST, torch.float32, DEVICE)
+
+
+def _synced(fn):
+    if DEVICE.type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ops_suite.OPS, ids=lambda op: op.name.replace(" ", "-"))
+def test_op(benchmark, buffers, op, backend):
+    benchmark.group = f"ops {PLIST.name} fp32"
+    benchmark.extra_info.update(list=PLIST.name, backend=backend, bytes=op.accesses * 4 * PLIST.numel,
+                                traffic=op.traffic)
+    benchmark.pedantic(_synced(lambda: op.call(buffers, backend)), rounds=3, iterations=1, warmup_rounds=1)
