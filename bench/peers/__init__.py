@@ -11,5 +11,6 @@ from . import compiled_sam, davda54_sam, foreach_sam, gam_official, gc_paper, ns
 FAMILIES = (davda54_sam, foreach_sam, pytorch_optimizer_sam, compiled_sam, gam_official, nso_official, gc_paper)
 
 
-def contenders() -> list:
-    return [c for family in FAMILIES for c in family.contenders()]
+def contenders(backends=()) -> list:
+    """Every family's peers; with ``backends``, also pytorch_optimizer's SAM adapted onto each."""
+    return [c for family in FAMILIES for c in family.contenders()] + pytorch_optimizer_sam.adapted(backends)

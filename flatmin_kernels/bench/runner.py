@@ -129,7 +129,7 @@ def steps_field(config: Config, skipped: list) -> list:
     if peers is None:
         skipped.append({"suite": "steps", "what": "peers", "reason": why})
     else:
-        field_ += peers.contenders()
+        field_ += peers.contenders(config.backends)
     out = []
     for c in field_:
         if c.unavailable:

@@ -85,3 +85,21 @@ def test_ours_are_what_flatmins_traffic_accounting_counts(contender):
 
 def test_counter_sees_a_fused_adamw_as_seven_accesses():
     assert counted_accesses(C.fused_adamw()) == 7
+
+
+def test_adapted_pytorch_optimizer_sam_moves_its_stated_count():
+    """The adapter's fused ops (flatmin's accounting, any backend) plus the base AdamW's torch ops
+    (the dispatch counter; the cpp kernels are invisible to it) make up the stated count."""
+    pytest.importorskip("pytorch_optimizer")
+    from bench.peers.pytorch_optimizer_sam import adapted
+
+    [contender] = adapted(["cpp"])
+    presets = [torch.full(s, 1e-3) for s in SMALL.shapes]
+    setup = Setup(contender, SMALL, torch.float32, "cpu", presets, torch.zeros(()))
+    setup.iteration(WallClock())  # state exists
+    counter = TrafficCounter([t.numel() for t in setup.params])
+    with counting_traffic() as fused, counter:
+        setup.iteration(CountingClock(counter))
+    assert fused.bytes == 7 * 4 * SMALL.numel  # sumsq 1 + perturb_ with backup 4 + restore_ 2
+    assert counter.elements / SMALL.numel == 20  # torch.optim.AdamW's for-loop step
+    assert fused.bytes / 4 / SMALL.numel + counter.elements / SMALL.numel == contender.accesses

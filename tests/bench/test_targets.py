@@ -48,15 +48,25 @@ def test_cpu_only_targets_are_left_out_on_cuda_and_triton_is_primary_there():
     assert [t["target"] for t in results] == ["fk.AdamW (cpp) <= 1x torch.AdamW fused (steps, flat-10m)"]
 
 
+LIST = targets.HELD_MIN_BYTES  # the smallest list held memory is judged on
+
+
 def test_held_memory_beyond_adamw_on_the_largest_list():
-    small = entry("flat-10m", [row("torch.AdamW fused", 1.0, held=800), row("fk.SAM (cpp)", 1.0, held=1600)])
-    large = entry("gpt2-small", [row("torch.AdamW fused", 1.0, held=8000), row("fk.SAM (cpp)", 1.0, held=12000),
-                                 row("fk.GAM (cpp)", 1.0, held=28000)], elements=1000, list_bytes=4000)
+    small = entry("flat-10m", [row("torch.AdamW fused", 1.0, held=2 * LIST), row("fk.SAM (cpp)", 1.0, held=4 * LIST)],
+                  elements=LIST // 4, list_bytes=LIST)
+    large = entry("gpt2-small", [row("torch.AdamW fused", 1.0, held=20 * LIST), row("fk.SAM (cpp)", 1.0, held=30 * LIST),
+                                 row("fk.GAM (cpp)", 1.0, held=70 * LIST)], elements=10 * LIST // 4, list_bytes=10 * LIST)
     results = by_text(targets.evaluate(report(steps=[small, large])))
     sam = results["fk.SAM (cpp) holds <= 1 parameter-sized buffer(s) beyond AdamW's state"]
     gam = results["fk.GAM (cpp) holds <= 3 parameter-sized buffer(s) beyond AdamW's state"]
     assert (sam["list"], sam["measured"], sam["pass"]) == ("gpt2-small", 1.0, True)
     assert (gam["measured"], gam["pass"]) == (5.0, False)
+
+
+def test_held_memory_is_not_judged_on_lists_below_a_mebibyte():
+    """On the quick run's tiny lists the plans' fixed per-step scalars would read as buffers."""
+    rows = [row("torch.AdamW fused", 1.0, held=800), row("fk.SAM (cpp)", 1.0, held=1200 + 16)]
+    assert targets.evaluate(report(steps=[entry("tiny-100", rows, list_bytes=400)])) == []
 
 
 def test_ops_targets_only_on_lists_of_at_least_256_mib():
@@ -77,8 +87,8 @@ def test_the_reference_backend_gets_no_fused_op_targets():
 
 
 def test_held_buffers_are_counted_to_a_hundredth_of_the_list():
-    rows = [row("torch.AdamW fused", 1.0, held=800), row("fk.SAM (cpp)", 1.0, held=1200 + 1)]
-    [sam] = targets.evaluate(report(steps=[entry("gpt2-small", rows)]))
+    rows = [row("torch.AdamW fused", 1.0, held=2 * LIST), row("fk.SAM (cpp)", 1.0, held=3 * LIST + 1000)]
+    [sam] = targets.evaluate(report(steps=[entry("gpt2-small", rows, list_bytes=LIST)]))
     assert (sam["measured"], sam["pass"]) == (1.0, True)
 
 
