@@ -48,6 +48,7 @@ RATIO_TARGETS = (
 HELD_LIMITS = {"SAM": 1, "NSO": 1, "GAM": 3}  # parameter-sized buffers beyond the base AdamW's state
 HELD_MIN_BYTES = 1 << 20
 OPS_FRACTION = 0.9
+GROWTH_LIMIT = 1.1
 
 
 def primary_backend(report) -> Optional[str]:
@@ -140,9 +141,27 @@ def _launch_targets(report, backend):
     return out
 
 
+def _growth_targets(report, backend):
+    """Host path: a step's time per 1,000 tensors at 10,000 tensors <= 1.1x that at 100 (no
+    per-tensor Python beyond a cheap identity check)."""
+    small, large = _rows(report, "host", "tiny-100"), _rows(report, "host", "tiny-10000")
+    if small is None or large is None:
+        return []
+    out = []
+    for name, row in large.items():
+        if row.get("backend") != backend or row.get("ms_per_1000_tensors") is None:
+            continue
+        base = small.get(name, {}).get("ms_per_1000_tensors")
+        if base:
+            out.append(_result(f"{name}: host time per 1,000 tensors at 10,000 tensors <= {GROWTH_LIMIT:g}x at 100",
+                               "issue 9", "host", "tiny-10000", round(row["ms_per_1000_tensors"] / base, 3),
+                               GROWTH_LIMIT, "<=", "x at 100"))
+    return out
+
+
 def evaluate(report) -> list:
     backend = primary_backend(report)
     if backend is None:
         return []
     return (_ratio_targets(report, backend) + _held_targets(report, backend) + _ops_targets(report, backend)
-            + _launch_targets(report, backend))
+            + _launch_targets(report, backend) + _growth_targets(report, backend))

@@ -94,3 +94,18 @@ def test_held_buffers_are_counted_to_a_hundredth_of_the_list():
 
 def test_no_flatmin_backend_no_targets():
     assert targets.evaluate(report(backends=())) == []
+
+
+def test_host_time_growth_from_100_to_10000_tensors():
+    def host(name, ms_per_1000):
+        return {"list": name, "dtype": "fp32", "rows": [
+            {"contender": "fk.SAM (cpp)", "backend": "cpp", "ms_per_1000_tensors": ms_per_1000},
+            {"contender": "fk.SAM (torch)", "backend": "torch", "ms_per_1000_tensors": 9.0}]}
+
+    r = report()
+    r["suites"]["host"] = [host("tiny-100", 2.0), host("tiny-10000", 2.4)]
+    [growth] = targets.evaluate(r)
+    assert growth["target"] == "fk.SAM (cpp): host time per 1,000 tensors at 10,000 tensors <= 1.1x at 100"
+    assert (growth["measured"], growth["pass"]) == (1.2, False)
+    r["suites"]["host"] = [host("tiny-100", 2.0), host("tiny-10000", 1.0)]
+    assert targets.evaluate(r)[0]["pass"]
