@@ -1,6 +1,7 @@
 """What a benchmark ran on: the machine, the software versions, and how much memory is free."""
 from __future__ import annotations
 
+import ctypes
 import datetime
 import importlib.metadata
 import os
@@ -30,6 +31,22 @@ def _meminfo_bytes(key: str):
     except OSError:
         pass
     return None
+
+
+def release_freed_memory(device: torch.device) -> None:
+    """Give memory the previous lists freed back to the system before it is counted: the CUDA
+    allocator's cache, or on Linux what glibc's malloc keeps after large frees (without this a
+    CPU run that has been through the ops suite sees gigabytes fewer available)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def available_memory(device: torch.device) -> int:

@@ -6,7 +6,6 @@ and whether a very slow contender gets one round only, depend on the measured sp
 """
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -142,9 +141,7 @@ def steps_field(config: Config, skipped: list) -> list:
 
 
 def _budget(device) -> int:
-    gc.collect()  # the previous list's tensors, and on CUDA the allocator's cache of them
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    machine.release_freed_memory(device)  # the previous list's tensors
     return int(MEMORY_FRACTION * machine.available_memory(device))
 
 
