@@ -8,17 +8,17 @@ into cohorts that do, each timed with its own copy of the anchor.
 """
 from __future__ import annotations
 
-import gc
 
 import torch
 
-from . import param_lists, probes
+from . import machine, param_lists, probes
 from .contenders import ANCHOR, PresetGradients
 from .timing import interleave
 
 # Besides its held tensors a contender needs its parameters, their gradients and one list of
-# temporaries (a foreach op's output): the memory estimate in parameter-list copies.
-COPIES_PER_CONTENDER = 3
+# beyond what a contender holds: its parameters, its gradients and two list-sized temporaries (a
+# foreach op's output; the official GAM peaks at 12.9 list copies with 8 held, measured on CPU)
+COPIES_PER_CONTENDER = 4
 
 
 def estimate_bytes(contender, list_bytes: int) -> int:
@@ -96,7 +96,6 @@ def run_list(plist, dtype, device, contenders, *, clock, reps, warmup, min_sampl
     """Rows for every contender on one list (the anchor first), and what was skipped."""
     device = torch.device(device)
     list_bytes = plist.nbytes(dtype)
-    element_size = torch.empty((), dtype=dtype).element_size()
     cohorts, skipped = plan_cohorts(contenders, list_bytes, budget)
     if list_bytes + estimate_bytes(contenders[0], list_bytes) > budget:
         return {"rows": [], "cohorts": 0, "skipped": {c.name: "the anchor alone does not fit in memory"
@@ -105,38 +104,46 @@ def run_list(plist, dtype, device, contenders, *, clock, reps, warmup, min_sampl
     loss = torch.zeros((), device=device)
     rows = {}
     for ci, cohort in enumerate(cohorts):
-        setups = {}
-        for c in cohort:
-            progress(f"cohort {ci + 1}/{len(cohorts)}: building", c.name)
-            setups[c.name], err = _guarded(lambda: Setup(c, plist, dtype, device, presets, loss))
-            if err:
-                rows[c.name] = _row(c, None, element_size, list_bytes, ci, error=err)
-        timings = interleave({n: s.iteration for n, s in setups.items()}, clock=clock, reps=reps,
-                             warmup=warmup, min_sample_s=min_sample_s, slow_s=slow_s,
-                             progress=lambda what, name: progress(f"cohort {ci + 1}/{len(cohorts)}: {what}", name))
-        anchor_median = timings[ANCHOR].median if ANCHOR in timings else None
-        for name, setup in setups.items():
-            t = timings[name]
-            if name == ANCHOR and ci > 0:
-                continue  # the anchor's row is its first cohort's; later copies only serve as denominators
-            extras = {}
-            if t.error is None:
-                extras["held_bytes"], extras["held_error"] = _guarded(lambda: setup.measure_held(clock))
-                if device.type == "cuda":
-                    extras["peak_step_bytes"], extras["peak_error"] = _guarded(
-                        lambda: probes.peak_step_bytes(lambda: setup.iteration(clock), device))
-                    extras["launches"], extras["launches_error"] = _guarded(lambda: setup.measure_launches(clock))
-            row = _row(setup.contender, t, element_size, list_bytes, ci, passes=setup.passes, **extras)
-            row["anchor_ms_median"] = None if anchor_median is None else anchor_median * 1e3
-            row["ratio_to_fused_adamw"] = (None if t.median is None or anchor_median is None
-                                           else t.median / anchor_median)
-            rows[name] = row
-        del setups, timings
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        rows.update(_cohort_rows(ci, len(cohorts), cohort, plist, dtype, device, presets, loss, clock=clock, reps=reps,
+                                 warmup=warmup, min_sample_s=min_sample_s, slow_s=slow_s, progress=progress))
+        # the cohort's optimizers are gone with its frame; give their memory back before the next
+        machine.release_freed_memory(device)
     order = [c.name for c in contenders if c.name in rows]
     return {"rows": [rows[n] for n in order], "cohorts": len(cohorts), "skipped": skipped}
+
+
+def _cohort_rows(ci, ncohorts, cohort, plist, dtype, device, presets, loss, *, clock, reps, warmup, min_sample_s,
+                 slow_s, progress) -> dict:
+    """One cohort built, timed in interleaved rounds and measured: its rows by contender name."""
+    list_bytes = plist.nbytes(dtype)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    rows, setups = {}, {}
+    for c in cohort:
+        progress(f"cohort {ci + 1}/{ncohorts}: building", c.name)
+        setups[c.name], err = _guarded(lambda: Setup(c, plist, dtype, device, presets, loss))
+        if err:
+            rows[c.name] = _row(c, None, element_size, list_bytes, ci, error=err)
+    timings = interleave({n: s.iteration for n, s in setups.items()}, clock=clock, reps=reps,
+                         warmup=warmup, min_sample_s=min_sample_s, slow_s=slow_s,
+                         progress=lambda what, name: progress(f"cohort {ci + 1}/{ncohorts}: {what}", name))
+    anchor_median = timings[ANCHOR].median if ANCHOR in timings else None
+    for name, setup in setups.items():
+        t = timings[name]
+        if name == ANCHOR and ci > 0:
+            continue  # the anchor's row is its first cohort's; later copies only serve as denominators
+        extras = {}
+        if t.error is None:
+            extras["held_bytes"], extras["held_error"] = _guarded(lambda: setup.measure_held(clock))
+            if device.type == "cuda":
+                extras["peak_step_bytes"], extras["peak_error"] = _guarded(
+                    lambda: probes.peak_step_bytes(lambda: setup.iteration(clock), device))
+                extras["launches"], extras["launches_error"] = _guarded(lambda: setup.measure_launches(clock))
+        row = _row(setup.contender, t, element_size, list_bytes, ci, passes=setup.passes, **extras)
+        row["anchor_ms_median"] = None if anchor_median is None else anchor_median * 1e3
+        row["ratio_to_fused_adamw"] = (None if t.median is None or anchor_median is None
+                                       else t.median / anchor_median)
+        rows[name] = row
+    return rows
 
 
 def _row(c, timing, element_size, list_bytes, cohort, *, passes=None, error=None, **extras) -> dict:

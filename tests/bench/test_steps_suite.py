@@ -7,23 +7,26 @@ from flatmin_kernels.bench.timing import WallClock
 
 TINY = param_lists.get("tiny-100")
 LIST_BYTES = TINY.nbytes(torch.float32)
+TWO_ADAMW = LIST_BYTES * (1 + 2 * (steps_suite.COPIES_PER_CONTENDER + 2))  # presets + two AdamW cohorts
 
 
 def test_cohorts_fit_the_budget_each_with_the_anchor():
     anchor, foreach, loop = C.torch_adamw()
     big = C.Contender("big", "X", "peer", None, None, 0, "", 20, 1)
-    budget = LIST_BYTES * (1 + 5 + 5)  # presets + anchor + one more AdamW
+    adamw = steps_suite.COPIES_PER_CONTENDER + 2
+    budget = LIST_BYTES * (1 + adamw + adamw)  # presets + anchor + one more AdamW
     cohorts, skipped = steps_suite.plan_cohorts([anchor, foreach, loop, big], LIST_BYTES, budget)
     assert [[c.name for c in cohort] for cohort in cohorts] == [
         [anchor.name, foreach.name], [anchor.name, loop.name]]
-    assert skipped == {"big": f"needs about {29 * LIST_BYTES / 2**30:.1f} GiB with the anchor, more than "
+    big_need = (1 + adamw + steps_suite.COPIES_PER_CONTENDER + 20) * LIST_BYTES
+    assert skipped == {"big": f"needs about {big_need / 2**30:.1f} GiB with the anchor, more than "
                               f"{budget / 2**30:.1f} GiB (70% of the memory available)"}
 
 
 def test_a_split_field_gives_every_row_its_own_cohorts_anchor():
     anchor, foreach, loop = C.torch_adamw()
     out = steps_suite.run_list(TINY, torch.float32, "cpu", [anchor, foreach, loop], clock=WallClock(), reps=2,
-                               warmup=1, min_sample_s=0.0, slow_s=10.0, budget=LIST_BYTES * 11,
+                               warmup=1, min_sample_s=0.0, slow_s=10.0, budget=TWO_ADAMW,
                                progress=lambda *a: None)
     assert out["cohorts"] == 2 and out["skipped"] == {}
     rows = {r["contender"]: r for r in out["rows"]}
@@ -77,3 +80,33 @@ def test_every_contender_really_steps_under_the_stand_in_passes():
         setup.iteration(WallClock())
         assert all(not torch.equal(a, b) for a, b in zip(before, setup.params)), c.name
         assert setup.passes == c.passes, c.name
+
+
+def test_a_cohorts_optimizers_are_freed_before_the_next_cohort_is_built():
+    """Cohorts exist so that the field fits in memory: nothing of one may outlive it."""
+    import dataclasses
+    import weakref
+
+    anchor, foreach, loop = C.torch_adamw()
+    built = []
+
+    def recording(contender):
+        def build(params):
+            opt = contender.build(params)
+            built.append((contender.name, weakref.ref(opt)))
+            return opt
+        return dataclasses.replace(contender, build=build)
+
+    alive_at_build = []
+    loop_recorded = recording(loop)
+
+    def build_loop(params):  # the last cohort: every earlier optimizer must be gone by now
+        alive_at_build.append([name for name, ref in built if ref() is not None])
+        return loop_recorded.build(params)
+
+    field = [recording(anchor), recording(foreach), dataclasses.replace(loop, build=build_loop)]
+    out = steps_suite.run_list(TINY, torch.float32, "cpu", field, clock=WallClock(), reps=1, warmup=1,
+                               min_sample_s=0.0, slow_s=10.0, budget=TWO_ADAMW, progress=lambda *a: None)
+    assert out["cohorts"] == 2
+    assert alive_at_build == [[anchor.name]]  # the second cohort's own anchor, built just before
+    assert [name for name, ref in built if ref() is not None] == []
