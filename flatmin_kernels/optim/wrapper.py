@@ -13,7 +13,9 @@ bucket's table; a steady-state step is a handful of fused calls per bucket.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import weakref
 
 import torch
 
@@ -41,7 +43,13 @@ class StepState:
         self.grad_scaler = None  # torch.amp.GradScaler of an fp16 run
         self.host = None  # HostPath: the plan
         self.buffers = {}  # name -> {param: parameter-sized buffer}
-        self.hook = None  # the autograd hook that sets backward_seen
+        self.hook = None  # removes the autograd hook that sets backward_seen (a weakref.finalize)
+
+
+def _note_backward(state_ref, grad) -> None:
+    state = state_ref()
+    if state is not None:
+        state.backward_seen = True
 
 
 def check_non_negative(**values) -> None:
@@ -171,17 +179,22 @@ class WrapperOptimizer(torch.optim.Optimizer):
 
     def _watch_backward(self) -> None:
         """One autograd hook over every trainable parameter: it notes each backward pass that
-        reaches them (one Python call per backward, not per tensor)."""
+        reaches them (one Python call per backward, not per tensor).
+
+        The hook lives in the parameters' C++ autograd metadata, and the optimizer's plans hold
+        the parameters in C++ tables: a hook holding the step state would close a cycle that
+        Python's collector cannot see, and no SAM/GAM/NSO would ever be freed. So it holds the
+        step state weakly, and is removed when the optimizer goes."""
         state = self._step_state
         if state.hook is not None:
-            state.hook.remove()
+            state.hook()  # removes the previous hook (a finalizer runs once)
             state.hook = None
         params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         if params:
-            state.hook = torch.autograd.graph.register_multi_grad_hook(params, self._note_backward, mode="any")
-
-    def _note_backward(self, grad) -> None:
-        self._step_state.backward_seen = True
+            handle = torch.autograd.graph.register_multi_grad_hook(params, functools.partial(_note_backward,
+                                                                                             weakref.ref(state)),
+                                                                   mode="any")
+            state.hook = weakref.finalize(self, handle.remove)
 
     def first_pass_done(self) -> bool:
         """Whether the gradients present are a first pass: a backward reached the parameters since
