@@ -7,10 +7,15 @@ USAGE = "usage: bash bench/gpu_check.sh OUT_DIR [--dry-run]"
 
 
 def gpu_check(*args, as_nobody=False):
-    # root may write anywhere: the unwritable case runs as the unprivileged user nobody
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody and os.geteuid() == 0 else []
-    return subprocess.run(prefix + ["bash", os.path.abspath(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=60, cwd="/")
+    if as_nobody and os.geteuid() == 0:
+        # root may write anywhere: the unwritable case runs as the unprivileged user nobody, who may
+        # not be able to read the checkout (a private temporary folder), so bash reads the script
+        # from stdin; the argument checks come before anything uses the script's own path
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        with open(SCRIPT) as script:
+            return subprocess.run(nobody + ["bash", "-s", "--", *args], stdin=script, capture_output=True, text=True,
+                                  timeout=60, cwd="/")
+    return subprocess.run(["bash", os.path.abspath(SCRIPT), *args], capture_output=True, text=True, timeout=60, cwd="/")
 
 
 def test_dry_run_prints_every_phase_and_runs_nothing(tmp_path):
