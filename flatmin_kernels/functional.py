@@ -148,7 +148,7 @@ def _result(plan, index, device):
     return plan.scalars[plan.devices[0]][index].clone()
 
 
-def _scalar_for(value, plan):
+def _scalar_for(value):
     """A functional scalar as the per-bucket value the ops take (tensors on each bucket's device)."""
     if torch.is_tensor(value):
         return lambda b: value.to(device=b.device, dtype=torch.float32).reshape(1)
@@ -211,7 +211,7 @@ def axpby_(ys, xs, a: Scalar, b: Scalar, *, backend: str = "auto") -> None:
     _check_scalar("a", a, devices)
     _check_scalar("b", b, devices)
     plan = _plan(ys, {"x": xs}, backend=backend)
-    plan.each("axpby_", "param", "x", a=_scalar_for(a, plan), b=_scalar_for(b, plan))
+    plan.each("axpby_", "param", "x", a=_scalar_for(a), b=_scalar_for(b))
 
 
 def perturb_(params, directions, scale: Scalar, *, backups=None, base=None, centralize: Centralize = None,
@@ -236,9 +236,9 @@ def perturb_(params, directions, scale: Scalar, *, backups=None, base=None, cent
         _check_scalar("found_inf", found_inf, devices)
     flags = _flags(centralize, params)
     plan = _plan(params, {"d": directions, "backup": backups, "base": base}, backend=backend, gc=flags)
-    plan.each("perturb_", "param", "d", scale=_scalar_for(scale, plan), save_to=None if backups is None else "backup",
+    plan.each("perturb_", "param", "d", scale=_scalar_for(scale), save_to=None if backups is None else "backup",
               base=None if base is None else "base", centralize=flags is not None, adaptive=bool(adaptive),
-              found_inf=_scalar_for(found_inf, plan))
+              found_inf=_scalar_for(found_inf))
 
 
 def sam_perturb_(params, grads, *, rho: Scalar, adaptive: bool = False, centralize: Centralize = None,
@@ -306,8 +306,8 @@ def noise_(params, coef: Scalar, *, seed: int, step: Union[int, torch.Tensor], s
     else:
         step_value = int(step)
     plan = _plan(params, {"base": base}, backend=backend, offsets=list(offsets))
-    plan.each("noise_", "param", coef=_scalar_for(coef, plan), seed=int(seed), step=step_value, sample=int(sample),
-              base=None if base is None else "base", found_inf=_scalar_for(found_inf, plan))
+    plan.each("noise_", "param", coef=_scalar_for(coef), seed=int(seed), step=step_value, sample=int(sample),
+              base=None if base is None else "base", found_inf=_scalar_for(found_inf))
 
 
 # ----------------------------------------------------------------------------- base updates
@@ -351,11 +351,11 @@ def sgd_(params, grads, momentum_buffers, *, lr: Scalar, weight_decay: float = 0
                 # zeros, not empty: if this first update is skipped (found_inf) the buffer holds no garbage
                 bufs[i] = momentum_buffers[i] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
     plan = _plan(params, {"g": grads, "buf": bufs, "backup": backups}, backend=backend, gc=flags, fresh=fresh)
-    plan.each("step_sgd_", "param", "g", "buf" if bufs is not None else None, lr=_scalar_for(lr, plan),
+    plan.each("step_sgd_", "param", "g", "buf" if bufs is not None else None, lr=_scalar_for(lr),
               weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
               maximize=maximize, init_buffers=lambda b: b.fresh, centralize=flags is not None,
-              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale, plan),
-              found_inf=_scalar_for(found_inf, plan))
+              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale),
+              found_inf=_scalar_for(found_inf))
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr: Scalar, beta1: float = 0.9,
@@ -390,11 +390,11 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
     plan = _plan(params, {"g": grads, "m": exp_avgs, "v": exp_avg_sqs, "vmax": vmax, "backup": backups},
                  backend=backend, gc=flags)
     plan.bind_scalars("step", steps)
-    plan.each("step_adam_", "param", "g", "m", "v", "vmax" if amsgrad else None, "step", lr=_scalar_for(lr, plan),
+    plan.each("step_adam_", "param", "g", "m", "v", "vmax" if amsgrad else None, "step", lr=_scalar_for(lr),
               beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=bool(decoupled_weight_decay),
               amsgrad=bool(amsgrad), maximize=bool(maximize), centralize=flags is not None,
-              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale, plan),
-              found_inf=_scalar_for(found_inf, plan))
+              backup=None if backups is None else "backup", grad_scale=_scalar_for(grad_scale),
+              found_inf=_scalar_for(found_inf))
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr: Scalar, beta1: float = 0.9,

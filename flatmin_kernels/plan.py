@@ -106,7 +106,6 @@ class Plan:
                  live_grads: bool = True, also=()):
         self.params = list(params)
         n = len(self.params)
-        self.backend = backend
         self.live_grads = live_grads
         groups = groups if groups is not None else [None] * n
         gc_rows = list(gc_rows) if gc_rows is not None else [False] * n
@@ -199,14 +198,11 @@ class Plan:
             view = self._views[key] = self.scalars[device][index: index + 1]
         return view
 
-    def zero_scalar(self, index: int) -> None:
-        for out in self.scalars.values():
-            out[index: index + 1].zero_()
-
     # ------------------------------------------------------------------ ops
 
     def _call(self, bucket, op, args, kwargs, **fixed):
-        """One op on one bucket; keyword values that are callables are called with the bucket."""
+        """One op on one bucket; argument values that are callables are called with the bucket."""
+        args = tuple(v(bucket) if callable(v) else v for v in args)
         kw = {k: (v(bucket) if callable(v) else v) for k, v in kwargs.items()}
         kw.update(fixed)
         if _traffic is not None:
@@ -214,7 +210,7 @@ class Plan:
         getattr(bucket.ops, op)(bucket.table, *args, **kw)
 
     def each(self, op: str, *args, **kwargs) -> None:
-        """Call op on every bucket; a keyword value that is a callable is called with the bucket."""
+        """Call op on every bucket; an argument value that is a callable is called with the bucket."""
         for bucket in self.buckets:
             self._call(bucket, op, args, kwargs)
 
@@ -228,10 +224,7 @@ class Plan:
         """
         if op == "dot" and epilogue is not None:
             raise ValueError("dot takes no epilogue")
-        if not self.buckets:
-            for out in self.scalars.values():
-                out[index: index + width].zero_()
-                torch_backend._epilogue(out, index, epilogue)
+        if not self.buckets:  # then there are no scalars either: nothing to reduce into
             return
         if self._simple:
             last = self.buckets[-1]

@@ -25,7 +25,7 @@ _MODULES = {
 }
 
 # What "auto" prefers, by device type; the first one that works wins.
-_AUTO_ORDER = {
+AUTO_ORDER = {
     "cuda": ("triton", "cpp", "torch"),
     "cpu": ("cpp", "torch"),
 }
@@ -99,7 +99,7 @@ def resolve(name: str, device: torch.device):
         if not module.supports(device):
             raise BackendUnavailableError(f"backend {name!r} cannot run on device {device}")
         return module
-    for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+    for candidate in AUTO_ORDER.get(device.type, ("torch",)):
         module = _load(candidate)[0]
         if module is not None and module.supports(device):
             return module

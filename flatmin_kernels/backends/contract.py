@@ -217,6 +217,26 @@ class Ratio:
     inf_accumulate: bool = False
 
 
+EPILOGUE_NONE, EPILOGUE_INV_NORM, EPILOGUE_RATIO = 0, 1, 2
+
+
+def epilogue_fields(epilogue) -> tuple:
+    """An epilogue as the kernels take it: (kind, eps, gamma, target slot, flag slot, flag accumulates)."""
+    if epilogue is None:
+        return EPILOGUE_NONE, 0.0, 0.0, 0, 0, False
+    if isinstance(epilogue, InvNorm):
+        return EPILOGUE_INV_NORM, epilogue.eps, 0.0, epilogue.inv, epilogue.inf, epilogue.inf_accumulate
+    if isinstance(epilogue, Ratio):
+        return EPILOGUE_RATIO, epilogue.eps, epilogue.gamma, epilogue.coef, epilogue.inf, epilogue.inf_accumulate
+    raise TypeError(f"unknown epilogue {epilogue!r}")
+
+
+def axpby_reads_y(a) -> bool:
+    """Whether ``axpby_`` reads y: unless ``a`` is the number 0 (any real number type; a tensor
+    or a (number, tensor) pair is always read through)."""
+    return isinstance(a, (tuple, torch.Tensor)) or a != 0
+
+
 def traffic(op: str, args: tuple, kwargs: dict) -> tuple:
     """(slots read, slots written) by one call of ``op``: the memory a pass must move at least,
     for counting bytes per parameter (each slot once, however often a kernel re-reads a row)."""
@@ -230,7 +250,7 @@ def traffic(op: str, args: tuple, kwargs: dict) -> tuple:
         return [a["x"], a["y"]], []
     if op == "axpby_":
         reads = [a["x"]]
-        if isinstance(a["a"], (tuple, torch.Tensor)) or a["a"] != 0:  # y is read unless a is the number 0
+        if axpby_reads_y(a["a"]):
             reads.append(a["y"])
         if a.get("reduce") is not None:
             reads += [a[n] for n in ("z", "weights") if a.get(n) is not None and a[n] not in reads]

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from .contract import InvNorm, Ratio
+from .contract import axpby_reads_y, epilogue_fields
 
 name = "cpp"
 
@@ -69,14 +69,8 @@ else:
 
 
 def _epilogue(epilogue):
-    """The epilogue as the extension takes it: (kind, eps, gamma, slot, inf, inf_accumulate)."""
-    if epilogue is None:
-        return None
-    if isinstance(epilogue, InvNorm):
-        return (1, epilogue.eps, 0.0, epilogue.inv, epilogue.inf, epilogue.inf_accumulate)
-    if isinstance(epilogue, Ratio):
-        return (2, epilogue.eps, epilogue.gamma, epilogue.coef, epilogue.inf, epilogue.inf_accumulate)
-    raise TypeError(f"unknown epilogue {epilogue!r}")
+    """The epilogue as the extension takes it (None for none)."""
+    return None if epilogue is None else epilogue_fields(epilogue)
 
 
 def _check_seed(seed: int):
@@ -104,8 +98,7 @@ def centralize_(t, x):
 
 def axpby_(t, y, x, a, b, *, reduce=None, z=None, weights=None, out=None, index=0, accumulate=False,
            epilogue=None):
-    a_is_zero = type(a) in (int, float) and a == 0
-    _C.axpby_(t, y, x, a, b, a_is_zero, reduce, z, weights, out, index, accumulate, _epilogue(epilogue))
+    _C.axpby_(t, y, x, a, b, not axpby_reads_y(a), reduce, z, weights, out, index, accumulate, _epilogue(epilogue))
 
 
 def perturb_(t, p, d, scale, *, minus=None, base=None, save_to=None, copy_d_to=None, centralize=False,

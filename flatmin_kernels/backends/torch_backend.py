@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .contract import InvNorm, Ratio, StaleTable
+from .contract import InvNorm, Ratio, StaleTable, axpby_reads_y
 
 name = "torch"
 
@@ -240,7 +240,7 @@ def axpby_(t, y, x, a, b, *, reduce=None, z=None, weights=None, out=None, index=
     xs = _vals(t.get(x), like=ys)
     a, b = scalar(a), scalar(b)
     bx = torch._foreach_mul(xs, b)
-    new = bx if (not torch.is_tensor(a) and a == 0) else torch._foreach_add(torch._foreach_mul(_vals(ys), a), bx)
+    new = bx if not axpby_reads_y(a) else torch._foreach_add(torch._foreach_mul(_vals(ys), a), bx)
     if reduce is not None:
         zs = None if z is None else _vals(t.get(z), like=ys)
         if reduce == "x":

@@ -149,6 +149,15 @@ def _per_bucket(value, bucket):
     return _on(value, bucket.device)
 
 
+def plan_scalar(value, plan):
+    """A per-step scalar for the paths outside the buckets (the host reads of the generic and
+    sparse paths): a callable of the bucket is resolved on the plan's first bucket -- every
+    bucket's per-step scalars hold the same value, on its own device."""
+    if callable(value):
+        return value(plan.buckets[0]) if plan.buckets else None
+    return value
+
+
 def update(optimizer, plan, *, grad="grad", g2=None, g_coef=1.0, g2_coef=1.0, backup=None, grad_scale=None,
            found_inf=None) -> None:
     """One base-optimizer step of every parameter of ``plan``, one fused call per bucket.
@@ -178,7 +187,7 @@ def update(optimizer, plan, *, grad="grad", g2=None, g_coef=1.0, g2_coef=1.0, ba
                   decoupled=lambda b: b.group.get("decoupled_weight_decay", type(optimizer).__name__ == "AdamW"),
                   amsgrad=lambda b: b.group["amsgrad"], **per_bucket)
     if getattr(plan, "sparse", None):
-        _sparse_sgd(optimizer, plan.sparse, grad_scale, found_inf)
+        _sparse_sgd(optimizer, plan.sparse, plan_scalar(grad_scale, plan), plan_scalar(found_inf, plan))
 
 
 def _sparse_sgd(optimizer, entries, grad_scale, found_inf):

@@ -27,14 +27,6 @@ def applies(mode, tensor: torch.Tensor) -> bool:
     return mode is not None and tensor.dim() >= _MIN_NDIM[mode]
 
 
-def flags(mode, tensors):
-    """Per-tensor GC flags for the op contract, or None when no tensor is centralized."""
-    if mode is None:
-        return None
-    out = [applies(mode, t) for t in tensors]
-    return out if any(out) else None
-
-
 def centralize_gradient(grad: torch.Tensor, conv_only: bool = False) -> torch.Tensor:
     """Centralize ``grad`` in place (mean over all dims but 0 subtracted) and return it.
 

@@ -95,7 +95,7 @@ class SAM(WrapperOptimizer):
             plan.each("centralize_", "grad")  # in place, as pytorch_optimizer does
         plan.each("perturb_", "param", "grad", scale=lambda b: (b.group["rho"], plan.scalar(INV_NORM, b.device)),
                   save_to="backup", centralize=not self.use_gc, adaptive=lambda b: bool(b.group["adaptive"]),
-                  found_inf=lambda b: plan.scalar(FOUND_INF, b.device))
+                  found_inf=found_inf_of(plan))
         self._step_state.plan = plan
         self._step_state.perturbed = True
         self.running_stats_off()

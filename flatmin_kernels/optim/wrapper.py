@@ -355,19 +355,17 @@ class WrapperOptimizer(torch.optim.Optimizer):
             plan.each("axpby_", "param", backup, 0, 1)  # back to w, whatever happens next
         # An arbitrary optimizer's step cannot be skipped on the device, so this path (only)
         # reads found_inf on the host, once per step; the fused bases never do.
-        if found_inf is not None:
-            flags = [found_inf(b) if callable(found_inf) else found_inf for b in plan.buckets]
-            if any(bool(f.reshape(()) > 0) for f in flags if f is not None):
-                return
+        flag = base_update.plan_scalar(found_inf, plan)
+        if flag is not None and bool(flag.reshape(()) > 0):
+            return
         plain = grad == "grad" and g2 is None and isinstance(g_coef, (int, float)) and g_coef == 1.0
-        if not plain or grad_scale is not None:
-            # The direction into p.grad: g_coef * grad (+ g2_coef * g2), divided by grad_scale.
+        if not plain:  # the direction into p.grad: g_coef * grad (+ g2_coef * g2)
             plan.each("axpby_", "grad", grad, 0, g_coef)
             if g2 is not None:
                 plan.each("axpby_", "grad", g2, 1, g2_coef)
-            if grad_scale is not None:
-                inv = (1.0, 1.0 / grad_scale) if torch.is_tensor(grad_scale) else 1.0 / grad_scale
-                plan.each("axpby_", "grad", "grad", 0, lambda b: _on_device(inv, b.device))
+        if grad_scale is not None:  # divided by grad_scale
+            inv = (1.0, 1.0 / grad_scale) if torch.is_tensor(grad_scale) else 1.0 / grad_scale
+            plan.each("axpby_", "grad", "grad", 0, lambda b: base_update._on(inv, b.device))
         if centralize_grads:
             plan.each("centralize_", "grad")
         self.base_optimizer.step()
@@ -377,8 +375,3 @@ def found_inf_of(plan):
     """Each bucket's found_inf: the plan's device-local slot (a per-bucket keyword for Plan calls)."""
     return lambda b: plan.scalar(FOUND_INF, b.device)
 
-
-def _on_device(value, device):
-    if isinstance(value, tuple):
-        return value[0], value[1].to(device)
-    return value

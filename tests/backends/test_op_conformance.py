@@ -5,6 +5,7 @@ A backend joins these tests by being available (flatmin_kernels.available_backen
 machine without CUDA the Triton backend runs under the interpreter. The reference itself is
 checked against the oracles in test_torch_backend.py.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,17 @@ def test_axpby(backend, device, case, dtype, a, reduce):
     assert_lists_close(got["y"], want["y"])
     if reduce is not None:
         _close_scalars(got_out, want_out, dtype, [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("zero", [np.float64(0.0), np.float32(0.0), np.int64(0), 0.0])
+def test_axpby_with_any_real_zero_does_not_read_y(backend, device, zero):
+    """The contract's "a is the number 0" is one predicate for every backend (numpy scalars too)."""
+    _device_ok(backend, device)
+    xs = make_list(CASES[0], torch.float32, device)
+    ys = [torch.full_like(x, float("nan")) for x in xs]
+    (got, _), (want, _) = run_both(backend, {"param": xs, "y": ys, "x": xs}, "axpby_", "y", "x", zero, 1.5)
+    assert_lists_close(got["y"], want["y"])
+    assert all(torch.equal(y, 1.5 * x) for y, x in zip(got["y"], xs))
 
 
 def test_philox_offsets_cross_the_low_word(backend, device):

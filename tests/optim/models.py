@@ -217,3 +217,23 @@ def resume_run(make_opt, n_batches=6, split=3, before_load=None):
         opt2.step(closure_for(resumed, batch, opt2.zero_grad))
     assert_same_model(resumed, net, rtol=0)  # bit-identical
     return opt, saved_opt, opt2
+
+
+class PlainSGD(torch.optim.Optimizer):
+    """SGD with momentum written as any third-party optimizer is: only the generic path can run it."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad + group["weight_decay"] * p
+                if group["momentum"]:
+                    buf = self.state[p].get("buf")
+                    buf = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
+                    self.state[p]["buf"] = d = buf
+                p.add_(d, alpha=-group["lr"])

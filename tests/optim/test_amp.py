@@ -19,8 +19,13 @@ WRAPPERS = {
                                        backend=backend),
     "nso": lambda net, backend: fk.NSO(net.parameters(), fk.AdamW, sigma=0.01, lr=1e-2, seed=1, model=net,
                                        backend=backend),
+    # a base only the generic path runs: unscale and skip outside the fused update
+    "sam-generic": lambda net, backend: fk.SAM(net.parameters(), M.PlainSGD, rho=0.05, lr=0.05, momentum=0.9,
+                                               model=net, backend=backend),
+    "gam-generic": lambda net, backend: fk.GAM(net.parameters(), M.PlainSGD, lr=0.05, momentum=0.9, model=net,
+                                               backend=backend),
 }
-PASSES = {"sam": 2, "gam": 4, "nso": 2}
+PASSES = {"sam": 2, "gam": 4, "nso": 2, "sam-generic": 2, "gam-generic": 4}
 INIT_SCALE = 2.0**12
 
 

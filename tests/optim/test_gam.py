@@ -116,3 +116,17 @@ def test_bad_input():
     opt = fk.GAM(params(), torch.optim.SGD, lr=0.1)
     with pytest.raises(RuntimeError, match="GAM requires a closure"):
         opt.step()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"] if "cpp" in fk.available_backends() else ["torch"])
+def test_a_generic_base_optimizer_takes_the_same_steps_as_the_fused_one(backend):
+    """GAM's direction reaches an arbitrary base optimizer through p.grad (its coefficient a
+    per-bucket device scalar): PlainSGD must then step exactly as the fused SGD does."""
+    net, ref = M.make_net(), M.make_net()
+    opt = fk.GAM(net.parameters(), M.PlainSGD, lr=0.05, momentum=0.9, backend=backend)
+    ref_opt = fk.GAM(ref.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, backend=backend)
+    assert not opt.fused and ref_opt.fused
+    for batch in M.batches(4):
+        opt.step(M.closure_for(net, batch, opt.zero_grad))
+        ref_opt.step(M.closure_for(ref, batch, ref_opt.zero_grad))
+    M.assert_same_model(net, ref, rtol=1e-5)

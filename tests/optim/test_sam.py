@@ -90,37 +90,17 @@ def test_use_gc_reproduces_pytorch_optimizers_gcsam(backend, adaptive):
     M.assert_same_model(net, ref)
 
 
-class PlainSGD(torch.optim.Optimizer):
-    """SGD with momentum written as any third-party optimizer is: only the generic path can run it."""
-
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad + group["weight_decay"] * p
-                if group["momentum"]:
-                    buf = self.state[p].get("buf")
-                    buf = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
-                    self.state[p]["buf"] = d = buf
-                p.add_(d, alpha=-group["lr"])
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_generic_base_optimizer_matches_oracle(backend):
     net = M.make_net()
     ref = M.twin(net)
     groups = lambda m: [{"params": M._split(m)[0]}, {"params": M._split(m)[1], "lr": 0.1}]  # noqa: E731
-    opt = fk.SAM(groups(net), PlainSGD, rho=0.05, adaptive=True, model=net, backend=backend,
+    opt = fk.SAM(groups(net), M.PlainSGD, rho=0.05, adaptive=True, model=net, backend=backend,
                  lr=0.05, momentum=0.9, weight_decay=5e-4)
     assert not opt.fused
-    oracle = oracles.OracleSAM(groups(ref), PlainSGD(groups(ref), lr=0.05, momentum=0.9, weight_decay=5e-4),
+    oracle = oracles.OracleSAM(groups(ref), M.PlainSGD(groups(ref), lr=0.05, momentum=0.9, weight_decay=5e-4),
                                rho=0.05, adaptive=True, model=ref)
-    # OracleSAM reads group["centralize"]; PlainSGD's groups have none.
+    # OracleSAM reads group["centralize"]; M.PlainSGD's groups have none.
     for g in oracle.groups:
         g["centralize"] = None
     for batch in M.batches(10):
@@ -146,7 +126,7 @@ def test_ascent_has_length_rho(backend, centralize):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("base_cls", [torch.optim.SGD, PlainSGD])
+@pytest.mark.parametrize("base_cls", [torch.optim.SGD, M.PlainSGD])
 def test_restore_is_bit_exact(backend, base_cls):
     net = M.make_net()
     before = copy.deepcopy(net.state_dict())
@@ -272,7 +252,7 @@ def test_zero_gradient_gives_no_nan(backend, adaptive):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("base_cls", [torch.optim.SGD, torch.optim.AdamW, PlainSGD])
+@pytest.mark.parametrize("base_cls", [torch.optim.SGD, torch.optim.AdamW, M.PlainSGD])
 def test_non_finite_gradient_skips_perturbation_and_step(backend, base_cls):
     w = torch.nn.Parameter(torch.ones(4))
     v = torch.nn.Parameter(torch.ones(2))
@@ -290,7 +270,7 @@ def test_non_finite_gradient_skips_perturbation_and_step(backend, base_cls):
     assert (w < 1).all() and torch.isfinite(w).all()
 
 
-@pytest.mark.parametrize("base_cls", [torch.optim.SGD, PlainSGD])
+@pytest.mark.parametrize("base_cls", [torch.optim.SGD, M.PlainSGD])
 def test_parameter_without_second_gradient_is_restored(base_cls):
     """Conditional computation (e.g. an expert not routed in pass 2): perturbed in pass 1, no
     gradient in pass 2 -> back to w and not updated; one with a gradient only in pass 2 is updated."""
@@ -325,3 +305,49 @@ def test_a_shallow_copy_of_the_optimizer_shares_its_step_state():
         M.loss_of(ref, batch).backward()
         ref_opt.second_step(zero_grad=True)
     M.assert_same_model(net, ref)
+
+
+# ----------------------------------------------------------------------------- sparse gradients
+
+SPARSE_RHO, SPARSE_LR = 0.05, 0.1
+
+
+def embedding_model():
+    torch.manual_seed(0)
+    return torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 2)
+
+
+def loss_of(emb, lin, step):
+    return (lin(emb(torch.tensor([1, 3, step]))) ** 2).sum()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sparse_gradient_is_not_perturbed_and_takes_torchs_sgd(backend):
+    """An embedding with sparse=True: the ascent is over the dense parameters; the sparse one
+    takes torch's SGD from its gradient at the perturbed point (as fk.SGD does alone)."""
+    emb, lin = embedding_model()
+    ref_emb, ref_lin = embedding_model()
+    opt = fk.SAM(list(emb.parameters()) + list(lin.parameters()), torch.optim.SGD, rho=SPARSE_RHO, lr=SPARSE_LR, backend=backend)
+    for step in range(3):
+        def closure():
+            opt.zero_grad()
+            loss = loss_of(emb, lin, step)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        # the oracle: the ascent over the dense parameters only, SGD on everything from the gradient there
+        w, dense = ref_emb.weight, list(ref_lin.parameters())
+        grads = torch.autograd.grad(loss_of(ref_emb, ref_lin, step), dense)
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        with torch.no_grad():
+            e = [SPARSE_RHO * g / (norm + 1e-12) for g in grads]
+            for p, d in zip(dense, e):
+                p.add_(d)
+        grads = torch.autograd.grad(loss_of(ref_emb, ref_lin, step), [w] + dense)
+        with torch.no_grad():
+            for p, d in zip(dense, e):
+                p.sub_(d)
+            for p, g in zip([w] + dense, grads):
+                p.sub_(SPARSE_LR * g.to_dense())
+    for a, b in zip(list(emb.parameters()) + list(lin.parameters()), [ref_emb.weight] + list(ref_lin.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from .common import flags, item_header, load, scalar, scalar_args, slot_ptr, store, walk
+from ..contract import axpby_reads_y
 from .reduce import finish
 
 READ_Y, REDUCE_X, REDUCE_Y, HAS_Z, HAS_W = (tl.constexpr(1 << i) for i in range(5))
@@ -70,7 +71,7 @@ def axpby_(t, y, x, a, b, *, reduce=None, z=None, weights=None, out=None, index=
     zs = t.slot(z) if has_z else ys
     ws = t.slot(weights) if has_w else ys
     items = t.plain
-    switches = flags((READ_Y, isinstance(a, tuple) or torch.is_tensor(a) or a != 0), (REDUCE_X, reduce == "x"),
+    switches = flags((READ_Y, axpby_reads_y(a)), (REDUCE_X, reduce == "x"),
                      (REDUCE_Y, reduce == "y"), (HAS_Z, has_z), (HAS_W, has_w))
     with t.launching():
         if items.count:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..contract import InvNorm, Ratio
+from ..contract import epilogue_fields
 from .common import finite, flags, item_header, load, slot_ptr, walk
 
 FINISH_BLOCK = 1024
-_NO_EPILOGUE, _INV_NORM, _RATIO = 0, 1, 2
 
 
 @triton.jit
@@ -55,16 +54,7 @@ def _finish_kernel(partials, n, capacity, out, index, eps, gamma, target, flag,
 
 def finish(t, count, out, index, accumulate, epilogue=None, two=False):
     """Stage 2 over the first ``count`` partials (and their second row with ``two``)."""
-    if epilogue is None:
-        kind, eps, gamma, target, flag, flag_accumulate = _NO_EPILOGUE, 0.0, 0.0, 0, 0, False
-    elif isinstance(epilogue, InvNorm):
-        kind, eps, gamma = _INV_NORM, epilogue.eps, 0.0
-        target, flag, flag_accumulate = epilogue.inv, epilogue.inf, epilogue.inf_accumulate
-    elif isinstance(epilogue, Ratio):
-        kind, eps, gamma = _RATIO, epilogue.eps, epilogue.gamma
-        target, flag, flag_accumulate = epilogue.coef, epilogue.inf, epilogue.inf_accumulate
-    else:
-        raise TypeError(f"unknown epilogue {epilogue!r}")
+    kind, eps, gamma, target, flag, flag_accumulate = epilogue_fields(epilogue)
     _finish_kernel[(1,)](
         t.partials, count, t.partials_capacity, out, int(index), float(eps), float(gamma), int(target),
         int(flag), ACCUMULATE=bool(accumulate), TWO=two, EPILOGUE=kind, FLAG_ACCUMULATE=bool(flag_accumulate),
