@@ -7,10 +7,9 @@
 import pytest
 import torch
 
-from flatmin_kernels.bench import machine, ops_suite, param_lists
+from bench.conftest import BACKENDS, DEVICE, synced
+from flatmin_kernels.bench import ops_suite, param_lists
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = [name for name, why in machine.native_backends(DEVICE).items() if why is None]
 PLIST = param_lists.get("flat-10m")
 
 
@@ -19,16 +18,10 @@ def buffers():
     return ops_suite.Buffers(PLIST, torch.float32, DEVICE)
 
 
-def _synced(fn):
-    if DEVICE.type != "cuda":
-        return fn
-    return lambda: (fn(), torch.cuda.synchronize())
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", ops_suite.OPS, ids=lambda op: op.name.replace(" ", "-"))
 def test_op(benchmark, buffers, op, backend):
     benchmark.group = f"ops {PLIST.name} fp32"
     benchmark.extra_info.update(list=PLIST.name, backend=backend, bytes=op.accesses * 4 * PLIST.numel,
                                 traffic=op.traffic)
-    benchmark.pedantic(_synced(lambda: op.call(buffers, backend)), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(synced(lambda: op.call(buffers, backend)), rounds=3, iterations=1, warmup_rounds=1)

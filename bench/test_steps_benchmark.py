@@ -11,15 +11,13 @@ import pytest
 import torch
 
 import bench.peers
-from bench.conftest import CLOCK
+from bench.conftest import BACKENDS, CLOCK, DEVICE, synced
 from flatmin_kernels.bench import contenders as C
-from flatmin_kernels.bench import machine, param_lists
+from flatmin_kernels.bench import param_lists
 from flatmin_kernels.bench.steps_suite import Setup
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = [name for name, why in machine.native_backends(DEVICE).items() if why is None]
 LISTS = ("tiny-1000", "flat-10m")
-FIELD = [c for c in C.torch_adamw() + [c for b in BACKENDS for c in C.ours(b)] + bench.peers.contenders()
+FIELD = [c for c in C.torch_adamw() + [c for b in BACKENDS for c in C.ours(b)] + bench.peers.contenders(BACKENDS)
          if c.in_quick]
 
 
@@ -33,11 +31,6 @@ def presets(plist):
     return param_lists.materialize(plist, torch.float32, DEVICE, seed=1, scale=1e-3)
 
 
-def _synced(fn):
-    if DEVICE.type != "cuda":
-        return fn
-    return lambda: (fn(), torch.cuda.synchronize())
-
 
 @pytest.mark.benchmark(timer=CLOCK.timer)
 @pytest.mark.parametrize("contender", FIELD, ids=lambda c: c.name)
@@ -48,4 +41,4 @@ def test_step(benchmark, plist, presets, contender):
     benchmark.group = f"steps {plist.name} fp32"
     benchmark.extra_info.update(list=plist.name, method=contender.method, family=contender.family,
                                 bytes_per_param_counted=contender.bytes_per_param(4))
-    benchmark.pedantic(_synced(lambda: setup.iteration(CLOCK)), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(synced(lambda: setup.iteration(CLOCK)), rounds=3, iterations=1, warmup_rounds=1)

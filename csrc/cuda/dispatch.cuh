@@ -11,8 +11,8 @@
 namespace flatmin {
 namespace cuda {
 
-// The dtype shared by the present lists of `mask`, or false if they differ (true, with ok = false,
-// when none is present).
+// Whether the present lists of `mask` share one dtype (into *out); *any says whether any list of
+// `mask` is present (true, with *any = false, when none is).
 inline bool common_dtype(const Bucket& bk, uint32_t mask, DType* out, bool* any) {
   *any = false;
   for (int l = 0; l < kMaxLists; ++l) {

@@ -1,6 +1,6 @@
 // The CUDA element-wise updates: perturb_, step_sgd_, step_adam_, centralize_. One launch per
-// bucket (Adam adds a per-tensor launch for its step counters), a block per work item, over the
-// per-element math of elementwise.h. Scalars, grad_scale and found_inf are read from device memory
+// bucket (Adam adds a second launch, a thread per tensor, for its step counters), a block per work
+// item, over the per-element math of elementwise.h. Scalars, grad_scale and found_inf are read from device memory
 // in the kernels, so nothing here waits for the host or makes the host wait.
 #include "dispatch.cuh"
 #include "flatmin/elementwise.h"

@@ -79,10 +79,9 @@ def second_step(self, zero_grad: bool = False):
     """pytorch_optimizer's SAM.second_step: every perturbed parameter back from old_p (fused), then
     the base optimizer's own step."""
     params = [p for g in self.param_groups for p in g["params"] if "old_p" in self.state[p]]
-    saved = [self.state[p].pop("old_p") for p in params]
+    saved = {p: self.state[p].pop("old_p") for p in params}
     for ps in _by_device(params):
-        index = {id(p): i for i, p in enumerate(params)}
-        functional.restore_(ps, [saved[index[id(p)]] for p in ps], backend=BACKEND)
+        functional.restore_(ps, [saved[p] for p in ps], backend=BACKEND)
     self.base_optimizer.step()
     if zero_grad:
         self.zero_grad()

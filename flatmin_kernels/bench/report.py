@@ -1,24 +1,15 @@
 """The console tables of a benchmark report (its JSON is the report dict itself)."""
 from __future__ import annotations
 
+from ..experiments.report import markdown_table
+
 
 def _fmt(value, spec):
     return "-" if value is None else spec.format(value)
 
-
-def table(headers, rows) -> str:
-    """A markdown table; the first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    line = lambda cells: "| " + " | ".join(  # noqa: E731
-        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(headers), sep] + [line(r) for r in rows])
-
-
 def _title(suite, entry, device):
     size = f"{entry['tensors']:,} tensors, {entry['elements']:,} elements, {entry['list_bytes'] / 2**20:,.0f} MiB"
     return f"{suite}: {entry['list']} {entry['dtype']} on {device} ({size})"
-
 
 def ops_tables(report) -> list:
     out = []
@@ -28,10 +19,9 @@ def ops_tables(report) -> list:
                  _fmt(None if r.get("fraction_of_copy") is None else 100 * r["fraction_of_copy"], "{:.0f}%"),
                  r.get("error") or r.get("note") or ""] for r in entry["rows"]]
         note = " -- below 256 MiB: caches inflate GB/s" if entry["below_256_mib"] else ""
-        out.append(_title("ops", entry, report["config"]["device"]) + note + "\n" + table(
+        out.append(_title("ops", entry, report["config"]["device"]) + note + "\n" + markdown_table(
             ["op", "backend", "B/elem", "ms median", "ms min", "GB/s", "copy GB/s", "of copy", "note"], rows))
     return out
-
 
 def steps_tables(report, suite="steps") -> list:
     cuda = report["config"]["device"].startswith("cuda")
@@ -55,15 +45,13 @@ def steps_tables(report, suite="steps") -> list:
                         _fmt(r.get("launches"), "{}")]
             rows.append(row + [r.get("error") or r.get("note") or ""])
         out.append(_title(suite, entry, report["config"]["device"]) + f", {entry['cohorts']} cohort(s)\n"
-                   + table(headers + ["note"], rows))
+                   + markdown_table(headers + ["note"], rows))
     return out
-
 
 def targets_table(report) -> str:
     rows = [[t["target"], f"{t['measured']:.3g}", f"{t['comparison']} {t['limit']:g}", "pass" if t["pass"] else "FAIL"]
             for t in report["targets"]]
-    return "targets\n" + table(["target", "measured", "limit", "result"], rows) if rows else "targets: none evaluable in this run"
-
+    return "targets\n" + markdown_table(["target", "measured", "limit", "result"], rows) if rows else "targets: none evaluable in this run"
 
 def format_report(report) -> str:
     parts = ops_tables(report) + steps_tables(report, "steps") + steps_tables(report, "host") + [targets_table(report)]

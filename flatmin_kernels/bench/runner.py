@@ -16,7 +16,7 @@ import torch
 
 from . import contenders as C
 from . import host_suite, machine, ops_suite, param_lists, steps_suite, targets
-from .timing import WallClock, clock_for
+from .timing import clock_for
 
 SUITES = ("ops", "steps", "host")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -170,7 +170,7 @@ def _run_ops(config, progress, skipped, results, checkpoint):
 
 def _run_steps_like(suite, module, field_, config, progress, skipped, results, checkpoint):
     t = timing_for(suite, config)
-    clock = WallClock(config.device) if suite == "host" else clock_for(config.device)
+    clock = clock_for(config.device, suite)
     for dtype_name in suite_dtypes(suite, config):
         for name in suite_lists(suite, config, dtype_name):
             plist = param_lists.get(name)
@@ -209,7 +209,7 @@ def _run(config, progress) -> dict:
                    "dtypes": None if config.dtypes is None else list(config.dtypes),
                    "backends": list(config.backends), "threads": config.threads,
                    "timing": {s: timing_for(s, config) for s in config.suites},
-                   "clock": {s: (WallClock() if s == "host" else clock_for(config.device)).kind
+                   "clock": {s: clock_for(config.device, s).kind
                              for s in config.suites},
                    "memory_fraction": MEMORY_FRACTION},
         "suites": {},

@@ -15,8 +15,7 @@ from . import machine, param_lists, probes
 from .contenders import ANCHOR, PresetGradients
 from .timing import interleave
 
-# Besides its held tensors a contender needs its parameters, their gradients and one list of
-# beyond what a contender holds: its parameters, its gradients and two list-sized temporaries (a
+# Beyond what a contender holds: its parameters, its gradients and two list-sized temporaries (a
 # foreach op's output; the official GAM peaks at 12.9 list copies with 8 held, measured on CPU)
 COPIES_PER_CONTENDER = 4
 

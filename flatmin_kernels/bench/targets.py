@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..backends import AUTO_ORDER
 from .contenders import ANCHOR
 
 DESIGN, ISSUE = "DESIGN.md Targets", "issue 11"
-AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 
 
 @dataclass(frozen=True)

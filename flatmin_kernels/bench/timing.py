@@ -91,8 +91,12 @@ class CudaClock:
         return total_ms / 1e3
 
 
-def clock_for(device) -> WallClock | CudaClock:
+def clock_for(device, suite: str = "ops") -> WallClock | CudaClock:
+    """The clock of a suite: CUDA events on a GPU, except for the host suite, whose subject is the
+    host's own time (the wall clock, synchronised with the device around each sample)."""
     device = torch.device(device)
+    if suite == "host":
+        return WallClock(device)
     return CudaClock(device) if device.type == "cuda" else WallClock()
 
 
@@ -104,10 +108,14 @@ class Timing:
 
     samples: list = field(default_factory=list)
     inner: int = 1
-    rounds: int = 0  # rounds it took part in
     first_s: Optional[float] = None  # the last warm-up iteration, untimed for the result
     note: Optional[str] = None
     error: Optional[str] = None
+
+    @property
+    def rounds(self) -> int:
+        """Rounds it took part in: one sample each (a contender that errs or is noted leaves)."""
+        return len(self.samples)
 
     @property
     def median(self) -> Optional[float]:
@@ -165,7 +173,6 @@ def interleave(entries: dict, *, clock, reps: int, warmup: int = 1, min_sample_s
             except Exception as exc:
                 t.error = f"{type(exc).__name__}: {exc}"
                 continue
-            t.rounds = r + 1
             if t.samples[-1] > slow_s and r + 1 < reps:
                 t.note = f"{r + 1} round(s) only: an iteration takes {t.samples[-1]:.1f} s (> {slow_s:g} s)"
     return timings

@@ -17,7 +17,7 @@ def add_arguments(parser):
 
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default: cpu)")
     parser.add_argument("--quick", action="store_true",
-                        help="small lists and 2-3 rounds: a smoke run of every suite (about a minute on a CPU)")
+                        help="small lists and 2-3 rounds: a smoke run of every suite (under a minute on a CPU)")
     parser.add_argument("--suite", default="all", choices=SUITE_CHOICES, help="which suite (default: all)")
     parser.add_argument("--params", nargs="+", choices=param_lists.NAMES, metavar="LIST",
                         help=f"parameter lists instead of each suite's defaults, from: {', '.join(param_lists.NAMES)}")

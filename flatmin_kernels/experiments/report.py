@@ -28,14 +28,19 @@ DEFINITIONS = {
 }
 
 
+def markdown_table(headers, rows) -> str:
+    """A markdown table; the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
 def format_table(methods: dict) -> str:
     headers = ["method"] + [h for _, h, _ in COLUMNS]
     rows = [[name] + [fmt.format(res[key]) for key, _, fmt in COLUMNS] for name, res in methods.items()]
-    widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
-    line = lambda cells: "| " + " | ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(headers), sep] + [line(r) for r in rows])
+    return markdown_table(headers, rows)
 
 
 def write_json(path, report: dict) -> None:

@@ -125,8 +125,9 @@ class FlatminTrainer(Trainer):
         pending = getattr(self.optimizer, "replay", None) is not None
         scaler = self.accelerator.scaler
         if grad_norm is None and pending and scaler is not None:
-            norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
-            return torch.linalg.vector_norm(torch.stack(norms)) / scaler.get_scale() if norms else 0.0
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            # one foreach norm, divided on the device (scaler.get_scale() would sync with the host)
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) / scaler._scale if grads else 0.0
         return super()._get_grad_norm(model, grad_norm)
 
 

@@ -127,7 +127,7 @@ void perturb(const Bucket& bucket, const PerturbArgs& args, void* stream);
 void noise(const Bucket& bucket, const NoiseArgs& args, void* stream);
 void philox(const PhiloxArgs& args, void* stream);
 void step_sgd(const Bucket& bucket, const SgdArgs& args, void* stream);
-// Adam's step counters are bumped by a second, per-tensor launch after the update.
+// Adam's step counters are bumped by a second launch after the update, a thread per tensor.
 void step_adam(const Bucket& bucket, const AdamArgs& args, void* stream);
 void centralize(const Bucket& bucket, void* stream);
 // Whether work enqueued on `stream` is being captured into a CUDA graph.
